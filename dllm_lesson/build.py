@@ -1,0 +1,158 @@
+"""``python -m dllm_lesson build-models``: rebuild every shipped checkpoint from scratch.
+
+The recipe, with fixed seeds, through the one training core (:func:`training.train`):
+
+1. ``tiny-bert``: a small ModernBERT trained from scratch as BERT (MLM, 15% masking,
+   80/10/10) on the corpus's plain text;
+2. ``tiny-dllm``: tiny-bert continued with LLaDA's variable masking on the plain text, then
+   SFT with response-only variable masking (answers followed by ``[SEP]`` filler, so the
+   model learns to stop), with a share of plain-text steps mixed in;
+3. ``tiny-duo``: tiny-bert fine-tuned with the Duo objective (Gaussian noise on one-hot
+   tokens, soft tokens with tau annealing, per-row scaled symmetric KL) on the same chat data.
+
+Each shipped folder gets a model card (data, steps, wall time, measured metrics, the
+command that rebuilds it). Taught in ``00_welcome`` and ``02_llada_training``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .training import TINY_MODEL, TrainConfig, train
+
+SHIP_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "chat_template.jinja")
+MODEL_CONFIG = dict(TINY_MODEL, num_hidden_layers=6, global_attn_every_n_layers=3)
+
+
+def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
+    """The stages of each shipped model. ``scale`` shrinks step counts (tests use it)."""
+    def n(steps):
+        return max(2, int(steps * scale))
+
+    common = dict(seed=0, log_every=max(1, n(50) // 5), save_every=n(1000),
+                  mixed_precision="no")  # fp32: tiny models gain nothing from bf16
+    bert = TrainConfig(objective="mlm", model="scratch", model_config=MODEL_CONFIG,
+                       data="text", seq_len=128, batch_size=64, lr=2e-3,
+                       warmup_steps=n(100), max_steps=n(2500),
+                       output_dir=str(work / "tiny-bert"), **common)
+    dllm_text = TrainConfig(objective="llada", model=str(work / "tiny-bert"), data="text",
+                            seq_len=128, batch_size=64, lr=1e-3, warmup_steps=n(50),
+                            max_steps=n(1000), output_dir=str(work / "tiny-dllm-text"),
+                            **common)
+    dllm_sft = TrainConfig(objective="llada", model=str(work / "tiny-dllm-text"), data="chat",
+                           text_mix=0.25, seq_len=384, batch_size=64, lr=1e-3,
+                           warmup_steps=n(50), max_steps=n(1500), fill_max=96,
+                           output_dir=str(work / "tiny-dllm"), **common)
+    duo = TrainConfig(objective="duo", model=str(work / "tiny-bert"), data="chat",
+                      text_mix=0.25, seq_len=384, batch_size=64, lr=1e-3,
+                      warmup_steps=n(50), max_steps=n(1500), fill_max=96,
+                      noise_min=0.1, noise_max=0.6,
+                      output_dir=str(work / "tiny-duo"), **common)
+    return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft], "tiny-duo": [duo]}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def measure(name: str, model, tokenizer, limit: int | None) -> dict:
+    """The metrics that go into a model card."""
+    from .evaluate import evaluate_answers, held_out_examples, mask_ratio_accuracy
+
+    model.eval()
+    out = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tokenizer)}
+    if name == "tiny-bert":
+        return out
+    strategy, opts = ("duo", {"steps": 32}) if name == "tiny-duo" else ("greedy", {})
+    for split in ("heldout_entities", "heldout_phrasings"):
+        ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
+                              strategy=strategy, **opts)
+        out[f"{split}_{strategy}"] = {k: v for k, v in ev.items() if k != "rows"}
+    return out
+
+
+def model_card(name: str, stages: list[TrainConfig], runs: list[dict], metrics: dict,
+               n_params: int) -> str:
+    lines = [f"# {name}", "",
+             "A tiny ModernBERT (Hugging Face format) made by the diffusion-LM course's own "
+             "code on its offline generated corpus. Load it with "
+             "`AutoModelForMaskedLM.from_pretrained(path)` or "
+             f"`dllm_lesson.load_model(\"{name}\")`.", "",
+             f"- parameters: {n_params:,}",
+             f"- built on: {platform.node() or 'unknown'} "
+             f"({'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
+             f", torch {torch.__version__})",
+             "- rebuild: `python -m dllm_lesson build-models`", "", "## Training", ""]
+    for cfg, run in zip(stages, runs):
+        lines.append(f"- `{cfg.objective}` on {cfg.dataset} {cfg.data}"
+                     f"{f' (+{cfg.text_mix:.0%} plain-text steps)' if cfg.text_mix else ''}: "
+                     f"{run['steps']} steps x batch {cfg.batch_size}, seq {cfg.seq_len}, "
+                     f"lr {cfg.lr}, {run['tokens']:,} tokens, {run['seconds']:.0f} s wall, "
+                     f"final loss {run['final_loss']:.4f}")
+    lines += ["", "## Measured", "", "```", json.dumps(metrics, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/build",
+                 dest=None, scale: float = 1.0, eval_limit: int | None = 400) -> dict:
+    """Train the shipped models from scratch and copy them (with model cards) to ``dest``
+    (default: the package's checkpoints folder)."""
+    from . import models as shipped
+
+    work = Path(work_dir)
+    dest = Path(dest) if dest is not None else Path(shipped.CHECKPOINT_ROOT)
+    plan = recipe(work, scale)
+    done = {}
+    for name in ("tiny-bert", "tiny-dllm", "tiny-duo"):
+        if name not in names and not (name == "tiny-bert" and set(names) - {"tiny-bert"}):
+            continue
+        runs, model, tok = [], None, None
+        for cfg in plan[name]:
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)  # from scratch, every time
+            res = train(cfg)
+            runs.append(res)
+            model, tok = res["model"], res["tokenizer"]
+        if name not in names:
+            continue
+        model.to(_device())
+        metrics = measure(name, model, tok, eval_limit)
+        n_params = sum(p.numel() for p in model.parameters())
+        out = dest / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        src = Path(plan[name][-1].output_dir)
+        for f in SHIP_FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, out / f)
+        (out / "README.md").write_text(model_card(name, plan[name], runs, metrics, n_params))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        done[name] = metrics
+        print(f"{name}: {json.dumps(metrics)}", flush=True)
+    return done
+
+
+def main_build(argv=None):
+    """``python -m dllm_lesson build-models``: rebuild the shipped tiny models."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dllm_lesson build-models",
+                                description=main_build.__doc__)
+    p.add_argument("--models", nargs="+", default=["tiny-bert", "tiny-dllm", "tiny-duo"],
+                   choices=["tiny-bert", "tiny-dllm", "tiny-duo"])
+    p.add_argument("--work-dir", default="runs/build", help="where the training runs go")
+    p.add_argument("--dest", default=None, help="where the shipped folders go "
+                   "(default: inside the installed package)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every step count (e.g. 0.01 for a smoke test)")
+    p.add_argument("--eval-limit", type=int, default=400)
+    args = p.parse_args(argv)
+    t = time.time()
+    build_models(args.models, args.work_dir, args.dest, args.scale, args.eval_limit)
+    print(f"built {', '.join(args.models)} in {time.time() - t:.0f} s")

@@ -1,0 +1,156 @@
+"""Held-out accuracy: does the answer state the right facts, and stop cleanly?
+
+``python -m dllm_lesson eval`` prints the tables; notebooks 02, 03 and 09 call the same
+functions. Taught in ``02_llada_training``.
+"""
+
+from __future__ import annotations
+
+
+def score_answer(answer: str, keys, reference: str | None = None) -> bool:
+    """True when ``answer`` contains every key string (the facts asked for), in order.
+
+    ``keys`` come from the corpus rows (``Example.keys``). When ``reference`` is given the
+    answer must also not run on: at most a few characters longer than the reference, so
+    "runaway text" after a correct answer counts as wrong.
+    """
+    pos = 0
+    for key in keys:
+        i = answer.find(key, pos)
+        if i < 0:
+            return False
+        pos = i + len(key)
+    if reference is not None and len(answer.strip()) > len(reference.strip()) + 8:
+        return False
+    return True
+
+
+SHORT_TASKS = ("capital", "continent", "language", "country_of_capital", "legs", "sound",
+               "colour")
+#: answer area per task: room for the answer and a tail the model must fill with [SEP]
+ANSWER_LENGTH = {"describe": 64, "describe_many": 256, "count": 256}
+DEFAULT_ANSWER_LENGTH = 32
+
+
+def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | None = None,
+                      seed: int = 0):
+    """Held-out corpus rows (``Example``) of the given tasks, a fixed subsample if
+    ``limit`` is set (every task keeps its share)."""
+    import random
+
+    from .data import build_corpus
+
+    rows = getattr(build_corpus(seed), split)
+    tasks = tuple(tasks or SHORT_TASKS + ("describe",))
+    rows = [r for r in rows if r.task in tasks]
+    if limit is not None and limit < len(rows):
+        rows = random.Random(1234).sample(rows, limit)
+    return rows
+
+
+def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
+                     answer_length: int | None = None, **options) -> dict:
+    """Generate an answer for each example and score it. Returns accuracy overall and per
+    task, and the rows ``(example, answer, correct)``."""
+    from tqdm.auto import tqdm
+
+    from .sampling import generate
+
+    rows, per_task = [], {}
+    for ex in tqdm(examples, desc=f"eval {strategy}", leave=False):
+        L = answer_length or ANSWER_LENGTH.get(ex.task, DEFAULT_ANSWER_LENGTH)
+        answer = generate(model, tokenizer, ex.prompt, answer_length=L, strategy=strategy,
+                          **options)
+        ok = score_answer(answer, ex.keys, ex.answer)
+        rows.append((ex, answer, ok))
+        per_task.setdefault(ex.task, []).append(ok)
+    acc = sum(ok for *_, ok in rows) / max(1, len(rows))
+    return {"accuracy": acc, "n": len(rows),
+            "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+            "rows": rows}
+
+
+def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
+                        seq_len: int = 128, seed: int = 0) -> dict[float, float]:
+    """Token accuracy of a single forward pass when a fraction ``ratio`` of the text's
+    tokens is masked: BERT is good at 15% and collapses as the ratio grows; a model trained
+    with variable masking keeps going. Taught in ``01_bert_masking``.
+    """
+    import torch
+
+    from .data import build_corpus
+    from .noise import mask_at_ratio
+    from .training import collate, pack_texts
+
+    rows = pack_texts(build_corpus(seed).pretrain[:400], tokenizer, seq_len)[:n_rows]
+    batch = collate(rows, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    x0 = batch["input_ids"].to(device)
+    am = batch["attention_mask"].to(device)
+    maskable = batch["loss_mask"].to(device) & (x0 != tokenizer.sep_token_id)
+    out = {}
+    g = torch.Generator().manual_seed(seed)
+    for r in ratios:
+        xt, masked = mask_at_ratio(x0.cpu(), maskable.cpu(), tokenizer.mask_token_id, r, g)
+        xt, masked = xt.to(device), masked.to(device)
+        with torch.no_grad():
+            pred = model(input_ids=xt, attention_mask=am).logits.argmax(-1)
+        out[float(r)] = ((pred == x0) & masked).sum().item() / max(1, masked.sum().item())
+    return out
+
+
+def eval_table(models=("tiny-bert", "tiny-dllm"), strategy="greedy", limit=None,
+               ratios=(0.15, 0.3, 0.5, 0.7, 0.9), **options) -> dict:
+    """The numbers ``python -m dllm_lesson eval`` prints, as a dict per model."""
+    from .models import load_model
+
+    results = {}
+    for name in models:
+        model, tok = load_model(name, device="cpu")
+        res = {"mask_ratio": mask_ratio_accuracy(model, tok, ratios)}
+        if name != "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
+            for split in ("heldout_entities", "heldout_phrasings"):
+                ev = evaluate_answers(model, tok, held_out_examples(split, limit=limit),
+                                      strategy=strategy, **options)
+                res[split] = {k: v for k, v in ev.items() if k != "rows"}
+        results[name] = res
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = []
+    ratios = sorted({r for res in results.values() for r in res["mask_ratio"]})
+    lines.append("Token accuracy of one forward pass, by mask ratio")
+    lines.append(f"{'model':<12}" + "".join(f"{r:>8.2f}" for r in ratios))
+    for name, res in results.items():
+        lines.append(f"{name:<12}" + "".join(f"{res['mask_ratio'][r]:>8.3f}" for r in ratios))
+    for split in ("heldout_entities", "heldout_phrasings"):
+        for name, res in results.items():
+            if split not in res:
+                continue
+            ev = res[split]
+            lines.append(f"\n{name} on {split}: accuracy {ev['accuracy']:.3f} (n={ev['n']})")
+            for task, a in ev["per_task"].items():
+                lines.append(f"  {task:<20}{a:>7.3f}")
+    return "\n".join(lines)
+
+
+def main_eval(argv=None):
+    """``python -m dllm_lesson eval``: held-out accuracy and accuracy against mask ratio."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m dllm_lesson eval", description=main_eval.__doc__)
+    p.add_argument("--model", action="append", help="model name or path (repeatable); "
+                   "default: tiny-bert and tiny-dllm")
+    p.add_argument("--strategy", default="greedy")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a subsample")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    results = eval_table(tuple(args.model or ("tiny-bert", "tiny-dllm")), args.strategy,
+                         args.limit)
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results

@@ -1,0 +1,40 @@
+"""Losses of the masked models. Duo's symmetric KL lives in :mod:`dllm_lesson.duo`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .noise import IGNORE_INDEX
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's loss: cross-entropy on the picked positions only (``labels != -100``).
+
+    "Only the masked tokens contribute to the loss" (the seed).
+    Taught in ``01_bert_masking``.
+    """
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                           ignore_index=IGNORE_INDEX)
+
+
+def llada_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor,
+               p_mask: torch.Tensor, maskable: torch.Tensor,
+               inverse_t: bool = True) -> torch.Tensor:
+    """LLaDA's loss: masked cross-entropy divided by the mask probability, per token.
+
+    .. math:: \\mathcal{L} = \\frac{1}{B}\\sum_b \\frac{1}{n_b}
+              \\sum_{i:\\,x_t^i = M} \\frac{-\\log p_\\theta(x_0^i \\mid x_t)}{p_b}
+
+    where ``n_b`` is the number of maskable tokens of row ``b`` (the response length in
+    SFT) and ``p_b`` its mask probability. Dividing by ``p_b`` (the "1/t" weight) makes the
+    loss an upper bound on the negative log-likelihood; ``inverse_t=False`` drops it
+    (plain masked cross-entropy per token).
+    Taught in ``02_llada_training``.
+    """
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), x0, reduction="none")  # (B, L)
+    w = masked.float()
+    if inverse_t:
+        w = w / p_mask                                              # (B, L) / (B, 1)
+    n = maskable.sum(1).clamp(min=1)                                # (B,)
+    return ((ce * w).sum(1) / n).mean()

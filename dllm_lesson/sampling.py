@@ -1,0 +1,639 @@
+"""The decoding engine: every sampling strategy of the course is one loop with settings.
+
+A masked diffusion LM answers by filling a row of ``[MASK]`` tokens. Each step:
+
+1. run the model on the whole sequence (or, with a KV cache, on a window of it);
+2. for every answer position, predict a token ``x0_hat`` and its confidence (its
+   probability);
+3. a *policy* decides what changes: which masked positions are committed this step
+   (how many, and chosen by confidence or at random), which committed ones are turned
+   back into ``[MASK]`` (strategy ``remask``), or, for Duo's uniform-state sampler, how
+   the whole answer is re-noised to the next, lower noise level.
+
+Semi-autoregressive *blocks* restrict step 3 to one block of the answer at a time, left to
+right. Strategies only differ in these choices:
+
+============  ===============================  ==============================  ===========
+strategy      tokens committed per step        chosen by                       blocks
+============  ===============================  ==============================  ===========
+greedy        1 (the seed's ``iter_mask_decode``)  highest confidence          none
+llada         ``steps`` split over the blocks  confidence or random            yes
+threshold     every one with conf >= threshold  confidence (at least one)      yes
+remask        as llada; low ones re-masked     confidence                      yes
+duo           all positions re-predicted       (uniform-state, no masks)       none
+============  ===============================  ==============================  ===========
+
+:func:`decode_steps` yields one :class:`Step` record per step: the terminal animation
+(:func:`animate`), the notebook widgets, ``eval`` and ``bench`` all read these records.
+:func:`generate` returns the final answer text.
+
+Taught in ``03_greedy_decoding`` (greedy), ``04_block_generation_and_kv_cache`` (steps,
+blocks, cache), ``05_remasking_and_parallel_decoding`` (random/low-confidence remasking,
+threshold, remask) and ``09_duo_sampling`` (duo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from . import duo
+
+STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo")
+CACHES = (None, "prefix", "dual")
+REMASKING = ("low_confidence", "random")
+CACHE_REFRESH = ("block", "step")
+
+
+@dataclass
+class Step:
+    """What one decoding step did. Positions are 0-based indices into the answer.
+
+    ``tokens`` is the answer area after the step (``mask_token_id`` where still masked);
+    ``changed`` the positions whose token was set this step; ``remasked`` the positions
+    turned back into ``[MASK]`` (strategy ``remask``); ``corrected`` the positions that
+    changed after they looked final (``remask``, ``duo``); ``confidence`` the model's
+    probability of its prediction at every answer position (a heatmap row); ``nfe`` the
+    forward passes so far (a cached window pass counts one); ``block`` the block index.
+
+    Taught in ``03_greedy_decoding``.
+    """
+
+    step: int
+    tokens: list[int]
+    changed: list[int] = field(default_factory=list)
+    remasked: list[int] = field(default_factory=list)
+    corrected: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    nfe: int = 0
+    block: int = 0
+
+
+# -- the sequence ------------------------------------------------------------------------
+def build_sequence(tokenizer, prompt: str, answer_length: int) -> tuple[torch.Tensor, int]:
+    """The seed's starting sequence: the chat template with ``answer_length`` masks as the
+    assistant message. Returns ``(input_ids (1, L), answer_start)``.
+
+    ``answer_start`` is the first position of the assistant mask; the answer area is
+    ``input_ids[0, answer_start : answer_start + answer_length]`` and the template's own
+    end token ``[SEP]`` follows it.
+    Taught in ``03_greedy_decoding``.
+    """
+    if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
+        raise ValueError("this tokenizer has no mask token: masked diffusion needs one "
+                         "(ModernBERT's and the course tokenizer have [MASK])")
+    if getattr(tokenizer, "chat_template", None) is None:
+        from .tokenizer import ensure_chat_template
+
+        tokenizer = ensure_chat_template(tokenizer)
+    assistant_message = tokenizer.mask_token * answer_length
+    toks = tokenizer.apply_chat_template(
+        [{"content": prompt}, {"content": assistant_message}],
+        return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt")
+    ids = toks["input_ids"]                                          # (1, L)
+    answer_start = int(torch.as_tensor(toks["assistant_masks"])[0].nonzero().min())
+    return ids, answer_start
+
+
+def answer_text(tokenizer, tokens) -> str:
+    """The answer text: tokens up to the first end token ([SEP] / eos), specials skipped.
+
+    Taught in ``03_greedy_decoding``.
+    """
+    stops = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
+    tokens = list(tokens)
+    for i, tok in enumerate(tokens):
+        if tok in stops:
+            tokens = tokens[:i]
+            break
+    return tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+# -- LLaDA's helpers -----------------------------------------------------------------------
+def num_transfer_tokens(mask_count: int, steps: int) -> list[int]:
+    """LLaDA's ``get_num_transfer_tokens``: how many masks to commit at each of ``steps``.
+
+    ``mask_count = steps * base + rem``: every step commits ``base``, the first ``rem``
+    steps one more. The engine uses the equivalent running form
+    ``ceil(masks_left / steps_left)`` (see :func:`commit_count`), which also works when
+    re-masking adds masks back.
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    base, rem = divmod(mask_count, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def commit_count(masks_left: int, steps_left: int) -> int:
+    """Tokens to commit now: ``ceil(masks_left / steps_left)`` (all on the last step).
+
+    Applied step after step it reproduces :func:`num_transfer_tokens`.
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    return -(-masks_left // max(steps_left, 1))
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel-max sampling scores in float64, as LLaDA's ``add_gumbel_noise``.
+
+    LLaDA computes ``exp(logits) / (-log u) ** T`` with ``u ~ U(0, 1)``; its logarithm is
+    ``logits + T * g`` with ``g = -log(-log u)`` a Gumbel draw, which has the same argmax
+    and cannot overflow. ``argmax(logits / T + g)`` samples from ``softmax(logits / T)``.
+    float64 matters: in low precision the noise is rounded and sampling gets skewed.
+    Taught in ``05_remasking_and_parallel_decoding``.
+    """
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, dtype=torch.float64, generator=generator,
+                   device=logits.device).clamp_min(1e-300)
+    gumbel = -torch.log(-torch.log(u))                               # g ~ Gumbel(0, 1)
+    return logits + temperature * gumbel
+
+
+def _predict(logits: torch.Tensor, current: torch.Tensor, banned: torch.Tensor,
+             temperature: float, generator: torch.Generator):
+    """Prediction, its confidence and the probability of the current tokens, per row.
+
+    ``logits`` (W, V) for W answer positions; ``current`` (W,) their tokens now.
+    Banned ids get probability 0 (not renormalised, so confidences match the seed's).
+    """
+    probs = torch.softmax(logits.float(), dim=-1)                    # (W, V)
+    probs[:, banned] = 0.0
+    if temperature == 0:
+        conf, x0_hat = probs.max(dim=-1)                             # (W,) first max wins
+    else:
+        scores = add_gumbel_noise(logits.masked_fill(probs == 0, -math.inf), temperature,
+                                  generator)
+        x0_hat = scores.argmax(dim=-1)                               # (W,) sampled
+        conf = probs.gather(1, x0_hat[:, None])[:, 0]                # LLaDA's x0_p
+    current_prob = probs.gather(1, current.clamp(0, probs.shape[1] - 1)[:, None])[:, 0]
+    return x0_hat, conf, current_prob
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores; ties go to the lower index (like argmax)."""
+    return torch.sort(scores, descending=True, stable=True).indices[:k]
+
+
+# -- policies: what one step changes -----------------------------------------------------
+class _Unmask:
+    """Masked strategies: commit some masked positions of the block, maybe re-mask some.
+
+    ``mode``: "schedule" (``ceil(masks left / steps left)`` per step: greedy, llada,
+    remask) or "threshold". ``remask``: turn committed low-confidence tokens back into
+    ``[MASK]``.
+    """
+
+    def __init__(self, mask_id, mode, remasking, threshold, remask, remask_threshold,
+                 max_remask):
+        self.mask_id, self.mode, self.remasking = mask_id, mode, remasking
+        self.threshold, self.remask = threshold, remask
+        self.remask_threshold, self.max_remask = remask_threshold, max_remask
+        self.remasked_token: dict[int, int] = {}     # position -> token it had before
+
+    def block_done(self, xa, bs, be, k):
+        return not bool((xa[bs:be] == self.mask_id).any())
+
+    def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
+        A = xa.shape[0]
+        masked = xa == self.mask_id                                  # (A,)
+        in_block = torch.zeros(A, dtype=torch.bool, device=xa.device)
+        in_block[bs:be] = True
+        candidates = masked & in_block
+        if self.mode == "threshold":   # all with conf >= threshold, at least the best one
+            n = max(1, int((conf[candidates] >= self.threshold).sum()))
+        else:                          # LLaDA's schedule, as a running count
+            n = commit_count(int(candidates.sum()), planned - k)
+        if self.remasking == "random":
+            score = torch.rand(A, generator=gen, device=xa.device)  # LLaDA: x0_p = rand
+        else:
+            score = conf.clone()                                     # low_confidence
+        score[~candidates] = -math.inf
+        chosen = _top(score, n)
+        new = xa.clone()
+        new[chosen] = x0_hat[chosen]
+        changed = sorted(chosen.tolist())
+        corrected = [i for i in changed
+                     if self.remasked_token.pop(i, int(new[i])) != int(new[i])]
+        remasked: list[int] = []
+        if self.remask and k < max_steps - 1:      # never on a block's last allowed step
+            done = ~masked & in_block              # committed before this step: never
+                                                   # the ones just committed
+            low = done & (current_prob < self.remask_threshold)
+            pick = _top(-current_prob.masked_fill(~low, math.inf), self.max_remask)
+            pick = pick[low[pick]]
+            for i in pick.tolist():
+                self.remasked_token[i] = int(xa[i])
+            new[pick] = self.mask_id
+            remasked = sorted(pick.tolist())
+        return new, changed, remasked, corrected
+
+
+class _Duo:
+    """Duo's uniform-state sampler: predict the clean answer, re-noise it to the next
+    lower noise level, and repeat; the last step keeps the prediction itself.
+
+    Tokens live in ``allowed`` (bool (V,): every id but the specials, [SEP] kept), V'
+    of them. The noise level after step ``k`` is set by its flip probability, which
+    falls linearly from ``(V'-1)/V'`` (pure noise) to 0:
+    ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, and ``w_k = noise_for_flip(p_k, V')``.
+    """
+
+    def __init__(self, allowed: torch.Tensor, steps: int):
+        self.allowed = allowed                                       # (V,) bool
+        self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
+        self.steps = steps
+        V = len(self.allowed_ids)
+        flips = [self.flip(k) for k in range(steps - 1)]             # the last one is 0
+        self.noise = ([float(s) for s in duo.noise_for_flip(flips, V)] if flips else [])
+        self.previous: torch.Tensor | None = None                    # last x0_hat (A,)
+        self.stable: torch.Tensor | None = None                      # run lengths (A,)
+
+    def block_done(self, xa, bs, be, k):
+        return k >= self.steps
+
+    def flip(self, k: int) -> float:
+        """Flip probability of the answer after step ``k`` (0-based)."""
+        V = len(self.allowed_ids)
+        return (V - 1) / V * (1 - (k + 1) / self.steps)
+
+    def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
+        # corrected: the prediction changed after it had been stable for >= 2 steps
+        if self.previous is None:
+            self.stable = torch.ones_like(x0_hat)
+            corrected = []
+        else:
+            moved = x0_hat != self.previous                          # (A,)
+            corrected = (moved & (self.stable >= 2)).nonzero()[:, 0].tolist()
+            self.stable = torch.where(moved, 1, self.stable + 1)
+        self.previous = x0_hat.clone()
+        if k >= self.steps - 1:                    # last step: the prediction itself
+            new = x0_hat.clone()
+        else:                                      # x_s = argmax(c e_x0_hat + s z)
+            s = self.noise[k]                      # c = 1 - s
+            new = duo.corrupt(x0_hat[None], s, len(self.allowed), generator=gen,
+                              allowed=self.allowed)[0]               # (A,)
+        changed = (new != xa).nonzero()[:, 0].tolist()
+        return new, changed, [], corrected
+
+
+# -- the model, with or without a KV cache -------------------------------------------------
+class _Forward:
+    """Calls the model, counts forward passes (NFE) and hides the KV cache.
+
+    No cache: a full forward each step. ``prefix`` / ``dual``: at a block's start
+    ``build_cache`` runs the full sequence and stores every layer's K and V; later steps
+    of the block recompute only a window (``prefix``: block start to the end of the
+    sequence; ``dual``: the block alone) against the cached K, V of everything else.
+    ``refresh="step"`` rebuilds the cache every step, which is the uncached computation.
+    """
+
+    def __init__(self, model, cache, refresh, answer_start, answer_length):
+        self.model, self.cache, self.refresh = model, cache, refresh
+        self.a0, self.A = answer_start, answer_length
+        self.kv = None
+        self.nfe = 0
+
+    def new_block(self):
+        self.kv = None
+
+    def __call__(self, x: torch.Tensor, bs: int, be: int):
+        """Logits of answer rows ``lo:hi``: returns ``(lo, hi, logits (hi - lo, V))``."""
+        a0, A = self.a0, self.A
+        self.nfe += 1
+        if self.cache is None:
+            logits = self.model(input_ids=x).logits                  # (1, L, V)
+            return 0, A, logits[0, a0:a0 + A]
+        if self.kv is None or self.refresh == "step":
+            logits, self.kv = self.model.build_cache(x)              # (1, L, V), cache
+            return 0, A, logits[0, a0:a0 + A]
+        lo = a0 + bs
+        hi = x.shape[1] if self.cache == "prefix" else a0 + be
+        logits = self.model.forward_window(x[:, lo:hi], lo, self.kv)  # (1, hi - lo, V)
+        hi = min(hi, a0 + A)                                         # drop the final [SEP]
+        return bs, hi - a0, logits[0, :hi - lo]
+
+
+# -- settings ------------------------------------------------------------------------------
+def _max_positions(model) -> int | None:
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return value or getattr(model, "max_position_embeddings", None)
+
+
+def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_length,
+           remasking, temperature, threshold, remask_threshold, max_remask, cache,
+           cache_refresh):
+    """Every ValueError a reader may trigger, each with what to do instead; returns the
+    starting sequence ``(input_ids (1, L), answer_start)``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
+    if not isinstance(answer_length, int) or answer_length <= 0:
+        raise ValueError(f"answer_length must be a positive integer, got {answer_length!r}")
+    if steps is not None and (not isinstance(steps, int) or steps <= 0):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if block_length is not None and (not isinstance(block_length, int)
+                                     or block_length <= 0):
+        raise ValueError(f"block_length must be a positive integer, got {block_length!r}")
+    if strategy == "greedy" and (steps, block_length) != (None, None):
+        raise ValueError("greedy commits one token per step over the whole answer: it "
+                         "takes no steps or block_length; use strategy='llada' for those")
+    if strategy == "threshold" and steps is not None:
+        raise ValueError("threshold takes as many steps as its threshold needs: drop "
+                         "steps, or use strategy='llada' for a fixed number of steps")
+    if strategy == "duo" and block_length is not None:
+        raise ValueError("duo refines the whole answer at once: it takes no block_length")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0.0 <= remask_threshold <= 1.0:
+        raise ValueError(f"remask_threshold must be in [0, 1], got {remask_threshold}")
+    if max_remask < 0:
+        raise ValueError(f"max_remask must be >= 0, got {max_remask}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
+    if remasking not in REMASKING:
+        raise ValueError(f"unknown remasking {remasking!r}: choose one of {REMASKING}")
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}: choose one of {CACHES}")
+    if cache_refresh not in CACHE_REFRESH:
+        raise ValueError(f"unknown cache_refresh {cache_refresh!r}: choose one of "
+                         f"{CACHE_REFRESH}")
+    if cache is not None:
+        if strategy == "duo":
+            raise ValueError("cache works with the block strategies (greedy, llada, "
+                             "threshold, remask), not with duo: use cache=None")
+        if not (hasattr(model, "build_cache") and hasattr(model, "forward_window")):
+            raise ValueError(f"cache={cache!r} needs the library's ModernBERT with a KV "
+                             "cache: load the model with load_model(..., backend='lesson')")
+    if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
+        raise ValueError("this tokenizer has no mask token: masked diffusion needs one "
+                         "(ModernBERT's and the course tokenizer have [MASK])")
+    ids, answer_start = build_sequence(tokenizer, prompt, answer_length)
+    max_pos = _max_positions(model)
+    if max_pos is not None and ids.shape[1] > max_pos:
+        empty, _ = build_sequence(tokenizer, "", answer_length)
+        if empty.shape[1] > max_pos:
+            raise ValueError(
+                f"answer_length={answer_length} does not fit: with the chat template the "
+                f"sequence has {empty.shape[1]} tokens but the model takes at most "
+                f"{max_pos} (max_position_embeddings); use a smaller answer_length")
+        room = answer_length - (ids.shape[1] - max_pos)
+        hint = f" or use answer_length <= {room}" if room > 0 else ""
+        raise ValueError(
+            f"prompt too long: prompt + answer = {ids.shape[1]} tokens, the model takes at "
+            f"most {max_pos} (max_position_embeddings); shorten the prompt{hint}")
+    return ids, answer_start
+
+
+def _blocks(answer_length: int, block_length: int | None) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` covering the answer; the last block may be shorter."""
+    size = block_length or answer_length
+    return [(s, min(s + size, answer_length)) for s in range(0, answer_length, size)]
+
+
+def _split_steps(steps: int, blocks) -> list[int]:
+    """``steps`` split evenly over the blocks (earlier blocks take the remainder), each
+    block at most one step per token."""
+    base, rem = divmod(steps, len(blocks))
+    return [min(base + (1 if b < rem else 0), be - bs) for b, (bs, be) in enumerate(blocks)]
+
+
+def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
+                 strategy: str = "greedy", *, steps: int | None = None,
+                 block_length: int | None = None, remasking: str = "low_confidence",
+                 temperature: float = 0.0, threshold: float = 0.9,
+                 remask_threshold: float = 0.3, max_remask: int = 2,
+                 remask_extra_steps: int | None = None, cache: str | None = None,
+                 cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
+    """Decode an answer step by step; yields one :class:`Step` per model step.
+
+    strategy
+        ``"greedy"``: the seed's ``iter_mask_decode``, one token per step, the most
+        confident masked position, no blocks. ``"llada"``: ``steps`` in total (default
+        ``answer_length``) split evenly over blocks of ``block_length`` (default: one
+        block), ``remasking="low_confidence"`` (commit the most confident) or
+        ``"random"``. ``"threshold"``: commit every masked position of the block whose
+        confidence is ``>= threshold``, at least the best one. ``"remask"``: as llada
+        with low confidence, and each step up to ``max_remask`` committed tokens of the
+        block whose probability fell below ``remask_threshold`` become ``[MASK]`` again
+        (each block may take ``remask_extra_steps`` more steps than planned, default
+        half its steps, so it ends). ``"duo"``: uniform-state sampler, ``steps``
+        (default 32), starting from random tokens.
+    temperature
+        0: argmax. > 0: Gumbel-max sampling in float64 (:func:`add_gumbel_noise`).
+    cache
+        ``None``, ``"prefix"`` or ``"dual"`` (needs ``load_model(..., backend="lesson")``);
+        rebuilt at each block's start (``cache_refresh="block"``) or every step
+        (``"step"``, same tokens as no cache).
+    seed
+        seeds random remasking, temperature sampling and duo's noise.
+
+    Bad settings raise ``ValueError`` here, before the first step.
+    Taught in ``03_greedy_decoding``, ``04_block_generation_and_kv_cache``,
+    ``05_remasking_and_parallel_decoding`` and ``09_duo_sampling``.
+    """
+    ids, answer_start = _check(model, tokenizer, prompt, answer_length, strategy, steps,
+                               block_length, remasking, temperature, threshold,
+                               remask_threshold, max_remask, cache, cache_refresh)
+    A = answer_length
+    mask_id = tokenizer.mask_token_id
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size if hasattr(model, "config") else len(tokenizer)
+    banned = torch.tensor([mask_id], device=device)
+    if strategy in ("greedy", "duo"):
+        blocks = [(0, A)]
+    else:
+        blocks = _blocks(A, block_length)
+    if strategy == "greedy":
+        planned = [A]
+    elif strategy == "duo":
+        planned = [steps or 32]
+    else:
+        n_steps = steps or A
+        if len(blocks) > n_steps:
+            raise ValueError(f"more blocks than steps: {len(blocks)} blocks of "
+                             f"{block_length} tokens need steps >= {len(blocks)}, got "
+                             f"{n_steps}; use more steps or a larger block_length")
+        planned = _split_steps(n_steps, blocks)
+    max_steps = list(planned)
+    if strategy == "threshold":
+        max_steps = [be - bs for bs, be in blocks]
+    elif strategy == "remask":
+        extra = [remask_extra_steps if remask_extra_steps is not None else -(-n // 2)
+                 for n in planned]
+        max_steps = [n + e for n, e in zip(planned, extra)]
+
+    if strategy == "duo":
+        allowed = torch.zeros(vocab, dtype=torch.bool, device=device)   # (V,)
+        allowed[:len(tokenizer)] = True
+        allowed[[i for i in tokenizer.all_special_ids
+                 if i != tokenizer.sep_token_id and i < vocab]] = False
+        banned = (~allowed).nonzero()[:, 0]
+        policy = _Duo(allowed, planned[0])
+    else:
+        policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
+                         remasking if strategy == "llada" else "low_confidence",
+                         threshold, strategy == "remask", remask_threshold, max_remask)
+
+    forward = _Forward(model, cache, cache_refresh, answer_start, A)
+    return _loop(forward, ids.to(device), answer_start, A, blocks, planned, max_steps,
+                 policy, banned, temperature, seed, strategy == "duo")
+
+
+@torch.inference_mode()
+def _loop(forward, x, a0, A, blocks, planned, max_steps, policy, banned, temperature,
+          seed, start_random) -> Iterator[Step]:
+    """THE loop: blocks left to right; in each, predict then let the policy update."""
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if start_random:                              # duo: x_T is uniformly random tokens
+        ids = policy.allowed_ids
+        x[0, a0:a0 + A] = ids[torch.randint(len(ids), (A,), generator=gen, device=device)]
+    confidence = torch.zeros(A, device=device)                       # (A,)
+    x0_hat = x[0, a0:a0 + A].clone()                                 # (A,)
+    current_prob = torch.zeros(A, device=device)                     # (A,)
+    n = 0
+    for b, (bs, be) in enumerate(blocks):
+        forward.new_block()
+        for k in range(max_steps[b]):
+            xa = x[0, a0:a0 + A]                                     # (A,) answer now
+            if policy.block_done(xa, bs, be, k):
+                break
+            lo, hi, logits = forward(x, bs, be)                      # (hi - lo, V)
+            x0_hat[lo:hi], confidence[lo:hi], current_prob[lo:hi] = _predict(
+                logits, xa[lo:hi], banned, temperature, gen)
+            new, changed, remasked, corrected = policy.update(
+                xa, x0_hat, confidence, current_prob, bs, be, k, planned[b],
+                max_steps[b], gen)
+            x[0, a0:a0 + A] = new
+            n += 1
+            yield Step(step=n, tokens=new.tolist(), changed=changed, remasked=remasked,
+                       corrected=corrected, confidence=confidence.tolist(),
+                       nfe=forward.nfe, block=b)
+
+
+def generate(model, tokenizer, prompt: str, answer_length: int = 64,
+             strategy: str = "greedy", **options) -> str:
+    """The answer text, cut at the first [SEP] / eos token (options: :func:`decode_steps`).
+
+    Taught in ``03_greedy_decoding``.
+    """
+    last = None
+    for last in decode_steps(model, tokenizer, prompt, answer_length, strategy, **options):
+        pass
+    return answer_text(tokenizer, last.tokens)
+
+
+# -- the terminal animation ----------------------------------------------------------------
+_DIM, _GREEN, _RED, _RESET = "\x1b[2m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
+MASK_GLYPH = "_"
+
+
+def render(tokenizer, step: Step, colour: bool = False) -> str:
+    """One answer row as text: masks as ``_`` (dim), end/special tokens hidden, new
+    tokens green and corrected ones red when ``colour``; newlines shown as ``\\n``.
+
+    Taught in ``03_greedy_decoding``.
+    """
+    mask_id = tokenizer.mask_token_id
+    specials = set(tokenizer.all_special_ids)
+    new, fixed = set(step.changed), set(step.corrected)
+    parts = []
+    for i, tok in enumerate(step.tokens):
+        if tok == mask_id:
+            text, style = MASK_GLYPH, _DIM
+        elif tok in specials:
+            text, style = "", ""
+        else:
+            text = tokenizer.decode([tok]).encode("unicode_escape").decode("ascii")
+            style = _RED if i in fixed else _GREEN if i in new else ""
+        parts.append(f"{style}{text}{_RESET}" if colour and style and text else text)
+    return "".join(parts)
+
+
+def animate(model, tokenizer, prompt: str, answer_length: int = 64,
+            strategy: str = "greedy", delay: float = 0.05, stream=None,
+            verbose: bool = False, **options) -> str:
+    """De-mask in the terminal, like the seed's ``demo_inference``; returns the answer.
+
+    On a terminal the answer row is redrawn every step (ANSI colours, masks dim). On
+    anything else (a file, a pipe, a notebook) no escape codes are written: only the final
+    answer line, or one line per step with ``verbose=True``.
+    Taught in ``03_greedy_decoding``.
+    """
+    stream = sys.stdout if stream is None else stream
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    records = decode_steps(model, tokenizer, prompt, answer_length, strategy, **options)
+    stream.write(f"User: {prompt}\n")                  # after the settings were checked
+    prefix = "Assistant: "
+    rows_drawn = 0
+    last = None
+    for last in records:
+        if tty:
+            width = max(shutil.get_terminal_size().columns, 20)
+            plain = prefix + render(tokenizer, last)
+            up = f"\x1b[{rows_drawn}A" if rows_drawn else ""
+            stream.write(f"{up}\r\x1b[J{prefix}{render(tokenizer, last, colour=True)}")
+            stream.flush()
+            rows_drawn = (len(plain) - 1) // width
+            time.sleep(delay)
+        elif verbose:
+            row = render(tokenizer, last)
+            stream.write(f"step {last.step:>3} nfe {last.nfe:>3}  {row}\n")
+    answer = answer_text(tokenizer, last.tokens)
+    if tty:
+        stream.write("\n")
+    stream.write(f"{prefix}{answer}\n")
+    stream.flush()
+    return answer
+
+
+def main_generate(argv=None) -> int:
+    """``python -m dllm_lesson generate --model NAME --prompt TEXT [--strategy ...]``.
+
+    Taught in ``03_greedy_decoding``.
+    """
+    p = argparse.ArgumentParser(prog="python -m dllm_lesson generate",
+                                description="Animate de-masking and print the answer.")
+    p.add_argument("--model", default="tiny-dllm",
+                   help="shipped name (tiny-dllm, tiny-duo, ...), hub id or folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
+    p.add_argument("--answer-length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--remasking", default="low_confidence", choices=REMASKING)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cache", default=None, choices=["prefix", "dual"])
+    p.add_argument("--backend", default=None, choices=["transformers", "lesson"],
+                   help="default: lesson when --cache is given, else transformers")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--delay", type=float, default=0.05, help="seconds between frames")
+    p.add_argument("--verbose", action="store_true",
+                   help="one line per step when the output is not a terminal")
+    args = p.parse_args(argv)
+    from .models import load_model
+
+    backend = args.backend or ("lesson" if args.cache else "transformers")
+    model, tokenizer = load_model(args.model, device=args.device, backend=backend)
+    if tokenizer is None:
+        p.error(f"{args.model} has no tokenizer files: generation needs one")
+    try:
+        animate(model, tokenizer, args.prompt, args.answer_length, args.strategy,
+                delay=args.delay, verbose=args.verbose, steps=args.steps,
+                block_length=args.block_length, threshold=args.threshold,
+                remasking=args.remasking, temperature=args.temperature, cache=args.cache,
+                seed=args.seed)
+    except ValueError as e:
+        p.error(str(e))
+    return 0

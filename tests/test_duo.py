@@ -1,0 +1,487 @@
+"""Tests for dllm_lesson.duo: flip probability, soft tokens, losses, the Duo objective.
+
+Each check compares against an independent, slow or sampled implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dllm_lesson import duo
+
+# ---------------------------------------------------------------------------
+# Gaussian noise on one-hot vectors
+# ---------------------------------------------------------------------------
+
+
+def test_gaussian_one_hot_moments_and_default_clean_weight():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 5, (4, 3000), generator=g)
+    noise = torch.tensor([0.0, 0.2, 0.5, 1.0])  # one per row
+    w = duo.gaussian_one_hot(x0, noise, 5, generator=g)  # (4, 3000, 5)
+    assert w.shape == (4, 3000, 5) and w.dtype == torch.float32
+    hot = torch.nn.functional.one_hot(x0, 5).float()
+    for b, s in enumerate(noise.tolist()):
+        resid = w[b] - (1 - s) * hot[b]  # should be s * N(0, 1)
+        assert abs(resid.mean().item()) < 0.02
+        assert resid.std().item() == pytest.approx(s, abs=0.02)
+    # shapes (B, 1) and float give the same distribution; clean_weight overrides 1 - s
+    w2 = duo.gaussian_one_hot(x0[:1, :4], 0.0, 5, clean_weight=3.0)
+    assert torch.equal(w2, 3.0 * hot[:1, :4])
+    g1 = torch.Generator().manual_seed(1)
+    w3 = duo.gaussian_one_hot(x0, noise[:, None], 5, generator=g1)
+    assert w3.shape == w.shape
+
+
+def test_gaussian_one_hot_allowed_sets_minus_inf_but_keeps_clean_id():
+    x0 = torch.tensor([[0, 4, 2]])
+    allowed = duo.allowed_mask(6, exclude=[0, 4])
+    w = duo.gaussian_one_hot(x0, 0.5, 6, allowed=allowed, generator=torch.Generator())
+    assert torch.isinf(w[0, 1, 0]) and torch.isfinite(w[0, 1, 4])  # x0 = 4 kept at pos 1
+    assert torch.isfinite(w[0, 0, 0]) and torch.isinf(w[0, 0, 4])
+    assert torch.isinf(w[0, 2, [0, 4]]).all()
+
+
+def test_duo_weights_variance_preserving():
+    gamma = torch.linspace(-5, 5, 11, dtype=torch.float64)
+    c, s = duo.duo_weights(gamma)
+    assert torch.allclose(c**2 + s**2, torch.ones_like(c))
+    assert torch.allclose(c / s, torch.exp(-gamma / 2))
+    c0, s0 = duo.duo_weights(0.0)
+    assert c0 == pytest.approx(math.sqrt(0.5)) and s0 == pytest.approx(math.sqrt(0.5))
+
+
+def test_corrupt_keeps_tokens_at_zero_noise_and_never_produces_excluded_ids():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(5, 40, (3, 50), generator=g)
+    assert torch.equal(duo.corrupt(x0, 0.0, 40, generator=g), x0)
+    xt = duo.corrupt(x0, 1.0, 40, generator=g, exclude=[0, 1, 2, 3, 4])  # pure noise
+    assert int(xt.min()) >= 5
+    assert (xt != x0).float().mean() > 0.9
+    with pytest.raises(ValueError):
+        duo.corrupt(x0, 0.5, 40, exclude=[4], allowed=duo.allowed_mask(40))
+
+
+def test_corrupt_flip_rate_matches_analytic_and_chunks():
+    # V = 3000 with 2400 positions forces several chunks inside corrupt
+    V, s = 3000, 0.22
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, V, (4, 600), generator=g)
+    xt = duo.corrupt(x0, s, V, generator=g)
+    rate = (xt != x0).float().mean().item()
+    f = duo.flip_probability(s, V)
+    assert 0.2 < f < 0.8
+    assert rate == pytest.approx(f, abs=4 * math.sqrt(f * (1 - f) / x0.numel()))
+
+
+def test_bad_inputs_raise_clear_value_errors():
+    x0 = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="noise_weight"):
+        duo.gaussian_one_hot(x0, 1.5, 4)
+    with pytest.raises(ValueError, match="shape"):
+        duo.gaussian_one_hot(x0, torch.ones(3), 4)
+    with pytest.raises(ValueError, match="outside"):
+        duo.corrupt(x0 + 9, 0.1, 4)
+    with pytest.raises(ValueError, match="tau"):
+        duo.soft_tokens(torch.zeros(1, 1, 3), 0.0)
+    with pytest.raises(ValueError, match=r"\(V-1\)/V"):
+        duo.noise_for_flip(0.5, 2)
+    with pytest.raises(ValueError, match="vocab_size"):
+        duo.flip_probability(0.3, 1)
+    with pytest.raises(ValueError, match="both be 0"):
+        duo.flip_probability(0.0, 10, clean_weight=0.0)
+
+
+# ---------------------------------------------------------------------------
+# Flip probability: analytic vs Monte Carlo, limits, inverse, duality
+# ---------------------------------------------------------------------------
+
+NOISE_GRID = [0.05, 0.15, 0.25, 0.35, 0.5, 0.7]
+
+
+@pytest.mark.parametrize("V", [2, 8, 100, 2788])
+def test_flip_probability_matches_monte_carlo(V):
+    n = 20_000 if V > 1000 else 50_000
+    g = torch.Generator().manual_seed(V)
+    analytic = duo.flip_probability(np.array(NOISE_GRID), V)
+    mc = duo.flip_probability_mc(np.array(NOISE_GRID), V, n=n, generator=g)
+    assert analytic.shape == mc.shape == (len(NOISE_GRID),)
+    np.testing.assert_allclose(mc, analytic, atol=0.01)  # within 1 percentage point
+
+
+def test_flip_probability_v2_closed_form_and_custom_clean_weight():
+    s = np.linspace(0.01, 0.99, 50)
+    exact = 0.5 * np.array([math.erfc((1 - x) / x / 2) for x in s])  # Phi(-c/(s sqrt 2))
+    np.testing.assert_allclose(duo.flip_probability(s, 2), exact, atol=1e-12)
+    # only c / s matters
+    a = duo.flip_probability(0.3, 50, clean_weight=0.6)
+    b = duo.flip_probability(0.6, 50, clean_weight=1.2)
+    assert a == pytest.approx(b, abs=1e-14)
+
+
+@pytest.mark.parametrize("V", [2, 8, 2788, 50368])
+def test_flip_probability_limits_and_monotone(V):
+    assert duo.flip_probability(0.0, V) == 0.0
+    assert duo.flip_probability(1.0, V) == pytest.approx((V - 1) / V, abs=1e-9)
+    f = duo.flip_probability(np.linspace(0, 1, 101), V)
+    assert np.all(np.diff(f) >= -1e-12)
+    t = duo.flip_probability(torch.tensor([0.1, 0.4]), V)
+    assert isinstance(t, torch.Tensor) and t.shape == (2,)
+
+
+@pytest.mark.parametrize("V", [2, 8, 2788])
+def test_noise_for_flip_inverts_flip_probability(V):
+    p = np.array([0.0, 0.01, 0.05, 0.3, 0.45, (V - 1) / V - 1e-3])
+    s = duo.noise_for_flip(p, V)
+    np.testing.assert_allclose(duo.flip_probability(s, V), p, atol=1e-9)
+    lo, hi = duo.suggest_noise_range(V)
+    assert duo.flip_probability(lo, V) == pytest.approx(0.05, abs=1e-9)
+    assert duo.flip_probability(hi, V) == pytest.approx((V - 1) / V - 1e-3, abs=1e-9)
+    assert 0 < lo < hi < 1
+
+
+def _chi_square(counts: torch.Tensor) -> float:
+    expected = counts.sum() / counts.numel()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_flipped_tokens_are_replaced_uniformly():
+    # The duality: given a flip, the new id is uniform over the V - 1 others
+    V, s = 8, 0.45
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, V, (40, 1000), generator=g)
+    xt = duo.corrupt(x0, s, V, generator=g)
+    flipped = xt != x0
+    offset = ((xt - x0) % V)[flipped]  # 1..V-1 : which other id replaced x0
+    counts = torch.bincount(offset, minlength=V)[1:].double()  # (V - 1,)
+    dof = V - 2
+    assert _chi_square(counts) < dof + 6 * math.sqrt(2 * dof)
+    # new id is also independent of which id was clean (uniform over all ids as targets)
+    for clean in range(V):
+        sel = flipped & (x0 == clean)
+        c = torch.bincount(xt[sel], minlength=V).double()
+        assert c[clean] == 0
+        assert _chi_square(torch.cat([c[:clean], c[clean + 1 :]])) < dof + 6 * math.sqrt(
+            2 * dof
+        )
+    # the statistic can fail: a sampler biased towards x0 + 1 is caught
+    biased = counts.clone()
+    biased[0] *= 1.15
+    assert _chi_square(biased) > dof + 6 * math.sqrt(2 * dof)
+
+
+# ---------------------------------------------------------------------------
+# Soft tokens
+# ---------------------------------------------------------------------------
+
+
+def test_soft_tokens_tend_to_argmax_as_tau_goes_to_zero():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 50, (3, 20), generator=g)
+    w = duo.gaussian_one_hot(x0, 0.4, 50, generator=g)
+    hard = torch.nn.functional.one_hot(w.argmax(-1), 50).float()
+    for tau in (1e-6, 1e-8):
+        p = duo.soft_tokens(w, tau)
+        assert p.dtype == torch.float32
+        assert torch.allclose(p, hard, atol=1e-5)
+        assert torch.equal(p.argmax(-1), w.argmax(-1))
+    ent = []
+    for tau in (1e-3, 1e-1, 1.0, 10.0):
+        p = duo.soft_tokens(w, tau)
+        assert torch.allclose(p.sum(-1), torch.ones(3, 20))
+        ent.append(float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean()))
+    assert ent == sorted(ent) and ent[-1] > 3.5  # high tau spreads mass (log 50 = 3.9)
+
+
+def test_tau_schedule_endpoints_monotone_log_linear():
+    taus = [duo.tau_schedule(k, 100) for k in range(0, 121)]
+    assert taus[0] == pytest.approx(1e-3) and taus[100] == pytest.approx(1e-8)
+    assert taus[120] == pytest.approx(1e-8)
+    assert all(a > b for a, b in zip(taus[:100], taus[1:101]))
+    assert taus[50] == pytest.approx(math.sqrt(1e-3 * 1e-8))  # geometric midpoint
+    ratios = [taus[k + 1] / taus[k] for k in range(99)]
+    assert max(ratios) == pytest.approx(min(ratios))
+    with pytest.raises(ValueError):
+        duo.tau_schedule(0, 0)
+
+
+def test_soft_embeddings_mix_rows():
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(7, 5, generator=g)
+    probs = torch.softmax(torch.randn(2, 3, 7, generator=g), -1)
+    out = duo.soft_embeddings(probs, E)
+    slow = torch.zeros(2, 3, 5)
+    for b in range(2):
+        for i in range(3):
+            for v in range(7):
+                slow[b, i] += probs[b, i, v] * E[v]
+    assert torch.allclose(out, slow, atol=1e-6)
+    ids = torch.tensor([[1, 6, 0]])
+    hot = torch.nn.functional.one_hot(ids, 7).float()
+    assert torch.allclose(duo.soft_embeddings(hot, E), E[ids])
+
+
+# ---------------------------------------------------------------------------
+# Losses, checked against slow per-token / per-row loops
+# ---------------------------------------------------------------------------
+
+
+def _slow_sym_kl(logits, x0, eps):
+    B, L, V = logits.shape
+    out = torch.zeros(B, L, dtype=torch.float64)
+    kl_qp = torch.zeros(B, L, dtype=torch.float64)
+    kl_pq = torch.zeros(B, L, dtype=torch.float64)
+    for b in range(B):
+        for i in range(L):
+            p = torch.softmax(logits[b, i].double(), -1)
+            q = torch.full((V,), eps / V, dtype=torch.float64)
+            q[x0[b, i]] += 1 - eps
+            a = sum(float(q[j] * (math.log(q[j]) - math.log(p[j]))) for j in range(V))
+            c = sum(float(p[j] * (math.log(p[j]) - math.log(q[j]))) for j in range(V))
+            kl_qp[b, i], kl_pq[b, i], out[b, i] = a, c, a + c
+    return out, kl_qp, kl_pq
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    B=st.integers(1, 3), L=st.integers(1, 4), V=st.integers(2, 9),
+    eps=st.sampled_from([1e-4, 1e-2, 0.2]), seed=st.integers(0, 10_000),
+    spread=st.sampled_from([0.1, 1.0, 5.0]),
+)
+def test_symmetric_kl_matches_slow_loop(B, L, V, eps, seed, spread):
+    g = torch.Generator().manual_seed(seed)
+    logits = spread * torch.randn(B, L, V, generator=g)
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    fast = duo.symmetric_kl(logits, x0, eps=eps)
+    slow, kl_qp, kl_pq = _slow_sym_kl(logits, x0, eps)
+    assert fast.shape == (B, L)
+    assert torch.allclose(fast.double(), slow, rtol=1e-4, atol=1e-4)
+    assert (fast.double() >= kl_qp - 1e-4).all() and (fast.double() >= kl_pq - 1e-4).all()
+    ce = duo.cross_entropy(logits, x0).double()
+    # KL(q||p) is cross-entropy up to O(eps)
+    assert torch.allclose(kl_qp, ce, atol=eps * (1 + ce.abs().max().item()) * 20 + 1e-4)
+
+
+def test_symmetric_kl_zero_at_perfect_prediction_and_ce_on_loop():
+    V, eps = 11, 1e-3
+    x0 = torch.tensor([[0, 3, 10]])
+    q = torch.full((1, 3, V), eps / V)
+    q.scatter_(-1, x0[..., None], 1 - eps + eps / V)
+    assert duo.symmetric_kl(q.log(), x0, eps=eps).abs().max() < 1e-5
+    wrong = duo.symmetric_kl(q.log(), (x0 + 1) % V, eps=eps)
+    assert (wrong > 5).all()
+    logits = torch.randn(2, 4, V, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(1))
+    ce = duo.cross_entropy(logits, x)
+    for b in range(2):
+        for i in range(4):
+            expect = -torch.log_softmax(logits[b, i], -1)[x[b, i]]
+            assert ce[b, i].item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_row_scale_formula_against_loop():
+    noise = [0.0, 0.1, 0.3, 0.5, 0.9, 1.0]
+    for V in (2, 64, 2788):
+        got = duo.row_scale(np.array(noise), V)
+        for k, s in enumerate(noise):
+            c = 1 - s
+            assert got[k] == pytest.approx(s / (V * c + s), rel=1e-12, abs=0)
+    assert duo.row_scale(0.0, 100) == 0.0  # formula: 0 at no noise (seed comment says 1)
+    assert duo.row_scale(1.0, 100) == 1.0
+    t = duo.row_scale(torch.tensor([0.2, 0.4]), 10, clean_weight=torch.tensor([1.0, 0.5]))
+    assert torch.allclose(t, torch.tensor([0.2 / 10.2, 0.4 / 5.4]))
+
+
+def _slow_duo_loss(logits, x0, noise, V, kind, scale, mask, eps):
+    rows = []
+    for b in range(x0.shape[0]):
+        total, count = 0.0, 0
+        for i in range(x0.shape[1]):
+            if mask[b, i]:
+                p = torch.softmax(logits[b, i].double(), -1)
+                if kind == "ce":
+                    tok = -math.log(p[x0[b, i]])
+                else:
+                    q = torch.full((V,), eps / V, dtype=torch.float64)
+                    q[x0[b, i]] += 1 - eps
+                    kl_qp = (q * (q.log() - p.log())).sum()
+                    kl_pq = (p * (p.log() - q.log())).sum()
+                    tok = float(kl_qp + kl_pq)
+                total += tok
+                count += 1
+        if count:
+            s = float(noise[b])
+            rows.append(total / count * (s / (V * (1 - s) + s) if scale else 1.0))
+    return sum(rows) / len(rows) if rows else 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 4), L=st.integers(1, 5), V=st.integers(2, 8),
+    kind=st.sampled_from(["ce", "sym_kl"]), scale=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_duo_loss_matches_slow_loop(B, L, V, kind, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(B, L, V, generator=g)
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    noise = torch.rand(B, generator=g)
+    mask = torch.rand(B, L, generator=g) < 0.6
+    got = duo.duo_loss(logits, x0, noise, V, kind=kind, scale=scale, loss_mask=mask)
+    want = _slow_duo_loss(logits, x0, noise, V, kind, scale, mask, 1e-4)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Gradient spread (notebook 08)
+# ---------------------------------------------------------------------------
+
+
+def test_row_gradient_norms_for_uniform_predictions_match_closed_form():
+    # zero logits: d CE / d logits = softmax - one_hot, norm sqrt((V-1)/V) per token;
+    # the row loss is a mean over L tokens, so the row norm is sqrt(L (V-1)/V) / L
+    V, L = 30, 16
+    x0 = torch.randint(0, V, (3, L), generator=torch.Generator().manual_seed(0))
+    noise = torch.tensor([0.1, 0.3, 0.6])
+    norms = duo.row_gradient_norms(lambda xt, s: torch.zeros(*xt.shape, V), x0, noise, V,
+                                   kind="ce", scale=False, generator=torch.Generator())
+    expect = math.sqrt(L * (V - 1) / V) / L
+    assert torch.allclose(norms, torch.full((3,), expect), rtol=1e-5)
+    scaled = duo.row_gradient_norms(lambda xt, s: torch.zeros(*xt.shape, V), x0, noise, V,
+                                    kind="ce", scale=True, generator=torch.Generator())
+    assert torch.allclose(scaled, norms * duo.row_scale(noise, V), rtol=1e-5)
+
+
+def test_uniform_posterior_logits_is_the_flip_table():
+    V = 12
+    xt = torch.tensor([[3, 7]])
+    logp = duo.uniform_posterior_logits(xt, 0.4, V)
+    f = duo.flip_probability(0.4, V)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(1, 2), atol=1e-6)
+    assert logp[0, 0, 3].exp().item() == pytest.approx(1 - f, rel=1e-6)
+    assert logp[0, 0, 5].exp().item() == pytest.approx(f / (V - 1), rel=1e-6)
+
+
+def test_gradient_spread_demo_reports_ratios():
+    d = duo.gradient_spread_demo(vocab_size=200, length=64, flips=(0.1, 0.5, 0.9))
+    for model in ("init", "posterior"):
+        for kind in ("ce", "sym_kl"):
+            for sc in ("unscaled", "scaled"):
+                e = d[model][kind][sc]
+                assert len(e["grad_norm"]) == 3 and e["grad_ratio"] >= 1
+    assert d["init"]["ce"]["unscaled"]["grad_ratio"] == pytest.approx(1.0, abs=1e-5)
+    # with the scale, the init model's spread is exactly the spread of row_scale
+    rs = d["row_scale"]
+    assert d["init"]["ce"]["scaled"]["grad_ratio"] == pytest.approx(max(rs) / min(rs), 1e-4)
+
+
+# ---------------------------------------------------------------------------
+# DuoObjective on a tiny transformers ModernBERT
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and steadiest on a busy 2-core box) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_modernbert(seed=0):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64, pad_token_id=0,
+        bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+        local_attention=16, global_attn_every_n_layers=2,
+    )
+    return ModernBertForMaskedLM(cfg)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(5, 64, (4, 12), generator=g)
+    attn = torch.ones_like(x0)
+    attn[3, 9:] = 0  # a padded row
+    loss_mask = torch.zeros_like(x0)
+    loss_mask[:, 4:] = 1  # "response" tokens
+    loss_mask = loss_mask * attn
+    return {"input_ids": x0, "attention_mask": attn, "loss_mask": loss_mask}
+
+
+def test_duo_objective_runs_backprops_and_learns(one_thread):
+    model = _tiny_modernbert()
+    obj = duo.DuoObjective(vocab_size=64, noise_min=0.2, noise_max=0.5, total_steps=30,
+                           allowed=duo.allowed_mask(64, exclude=range(5)))
+    batch = _batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(30):
+        g = torch.Generator().manual_seed(7)  # same noise every step
+        loss, metrics = obj.loss(model, batch, step, generator=g)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            grad = model.get_input_embeddings().weight.grad
+            assert grad is not None and grad.abs().sum() > 0
+            assert set(metrics) >= {"loss", "ce", "acc", "flip_rate", "noise", "tau"}
+            assert 0.2 <= metrics["noise"] <= 0.5
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]  # same noise every step: it must fit the batch
+    assert metrics["tau"] == pytest.approx(duo.tau_schedule(29, 30))
+
+
+def test_duo_objective_feeds_clean_embeddings_outside_loss_mask(one_thread):
+    hf = _tiny_modernbert()
+    E = hf.get_input_embeddings().weight
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = hf
+
+        def get_input_embeddings(self):
+            return hf.get_input_embeddings()
+
+        def forward(self, inputs_embeds=None, attention_mask=None):
+            seen["embeds"] = inputs_embeds.detach()
+            return hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+
+    batch = _batch()
+    obj = duo.DuoObjective(vocab_size=64, noise_min=1.0, noise_max=1.0, total_steps=10)
+    obj.loss(Spy(), batch, 10, generator=torch.Generator().manual_seed(0))
+    emb = seen["embeds"]  # (B, L, H)
+    clean = E[batch["input_ids"]].detach()
+    keep = batch["loss_mask"] == 0
+    assert torch.allclose(emb[keep], clean[keep], atol=1e-6)
+    # at pure noise, nearly every scored token's embedding is some other token's
+    scored = ~keep
+    same = (emb[scored] - clean[scored]).abs().amax(-1) < 1e-6
+    assert same.float().mean() < 0.2
+
+
+def test_duo_objective_defaults_and_validation(one_thread):
+    obj = duo.DuoObjective(vocab_size=2788)
+    assert (obj.noise_min, obj.noise_max) == pytest.approx(duo.suggest_noise_range(2788))
+    with pytest.raises(ValueError):
+        duo.DuoObjective(vocab_size=64, noise_min=0.6, noise_max=0.2)
+    with pytest.raises(ValueError):
+        duo.DuoObjective(vocab_size=64, loss_kind="mse")
+    with pytest.raises(ValueError, match="embedding rows"):
+        duo.DuoObjective(vocab_size=65, noise_min=0.1, noise_max=0.2).loss(
+            _tiny_modernbert(), _batch(), 0
+        )

@@ -1,0 +1,522 @@
+"""The decoding engine (dllm_lesson.sampling) on random tiny ModernBERTs.
+
+Every check compares against something computed independently: the seed's greedy
+algorithm written out slowly, LLaDA's transfer schedule, the uncached computation, the
+model's own argmax, Monte-Carlo frequencies.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from dllm_lesson import sampling
+from dllm_lesson.sampling import (
+    Step,
+    add_gumbel_noise,
+    answer_text,
+    build_sequence,
+    commit_count,
+    decode_steps,
+    generate,
+    num_transfer_tokens,
+)
+
+PROMPTS = ["Tell me about France.", "What is the capital of Peru?", "Count from 3 to 9."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a busy 2-core machine: one thread is many times faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from dllm_lesson.tokenizer import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def tiny_model(tokenizer, seed=0, init=0.5):
+    """Random ModernBertForMaskedLM; a sliding window shorter than the sequences."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    conf = ModernBertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=512,
+        local_attention=16, global_attn_every_n_layers=2, initializer_range=init,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+        embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0)
+    torch.manual_seed(seed)
+    model = ModernBertForMaskedLM(conf).eval()
+    with torch.no_grad():  # like a trained model: [MASK] is never a prediction
+        model.decoder.bias[tokenizer.mask_token_id] = -1e4
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_model(tokenizer):
+    return tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def lesson_model(hf_model):
+    from dllm_lesson.model import ModernBert
+
+    return ModernBert.from_hf(hf_model).eval()
+
+
+def tokens_of(model, tokenizer, prompt, n, strategy, **options):
+    steps = list(decode_steps(model, tokenizer, prompt, n, strategy, **options))
+    return steps[-1].tokens, steps
+
+
+# -- greedy is the seed's algorithm --------------------------------------------------------
+@torch.no_grad()
+def seed_greedy_slow(model, tokenizer, prompt, answer_length):
+    """The seed's iter_mask_decode, written out position by position."""
+    ids, answer_start = build_sequence(tokenizer, prompt, answer_length)
+    ids = ids[0].tolist()
+    mask = tokenizer.mask_token_id
+    out = []
+    for _ in range(answer_length):
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        probs = torch.softmax(logits, dim=-1)
+        best = None
+        for pos, tok in enumerate(ids):
+            if tok != mask:
+                continue
+            conf = float(probs[pos].max())
+            if best is None or conf > best[0]:  # first position wins ties
+                best = (conf, pos)
+        if best is None:
+            break
+        pos = best[1]
+        ids[pos] = int(probs[pos].argmax())
+        out.append((ids[pos], pos - answer_start))
+    return out
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_equals_seed(hf_model, tokenizer, prompt):
+    n = 20
+    ref = seed_greedy_slow(hf_model, tokenizer, prompt, n)
+    steps = list(decode_steps(hf_model, tokenizer, prompt, n, "greedy"))
+    got = [(s.tokens[s.changed[0]], s.changed[0]) for s in steps]
+    assert all(len(s.changed) == 1 for s in steps)
+    assert got == ref
+    assert [s.nfe for s in steps] == list(range(1, n + 1))
+
+
+def test_llada_one_block_all_steps_equals_greedy(hf_model, tokenizer):
+    n = 24
+    greedy, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "greedy")
+    llada, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "llada", steps=n)
+    assert llada == greedy
+
+
+def test_lesson_backend_gives_the_same_greedy(hf_model, lesson_model, tokenizer):
+    a, _ = tokens_of(hf_model, tokenizer, PROMPTS[1], 16, "greedy")
+    b, _ = tokens_of(lesson_model, tokenizer, PROMPTS[1], 16, "greedy")
+    assert a == b
+
+
+# -- LLaDA's schedule, blocks --------------------------------------------------------------
+def test_commit_count_reproduces_llada_schedule():
+    for masks in range(0, 40):
+        for steps in range(1, 12):
+            left, running = masks, []
+            for k in range(steps):
+                running.append(commit_count(left, steps - k))
+                left -= running[-1]
+            assert running == num_transfer_tokens(masks, steps)
+            assert sum(running) == masks
+
+
+def test_llada_tokens_per_step_follow_schedule(hf_model, tokenizer):
+    n, block, steps = 30, 12, 9   # blocks 12, 12, 6; 3 steps each
+    _, records = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "llada", steps=steps,
+                           block_length=block)
+    counts = [len(s.changed) for s in records]
+    expected = (num_transfer_tokens(12, 3) + num_transfer_tokens(12, 3)
+                + num_transfer_tokens(6, 3))
+    assert counts == expected
+    assert records[-1].nfe == steps
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("llada", dict(steps=12, block_length=8)),
+    ("llada", dict(steps=12, block_length=8, remasking="random")),
+    ("threshold", dict(block_length=8, threshold=0.5)),
+    ("remask", dict(steps=12, block_length=8, remask_threshold=0.9)),
+])
+def test_blocks_fill_left_to_right(hf_model, tokenizer, strategy, options):
+    n, block = 28, 8   # last block is shorter (4)
+    mask = tokenizer.mask_token_id
+    _, records = tokens_of(hf_model, tokenizer, PROMPTS[2], n, strategy, **options)
+    before = [mask] * n
+    for s in records:
+        lo, hi = s.block * block, min((s.block + 1) * block, n)
+        assert all(lo <= i < hi for i in s.changed + s.remasked)
+        assert mask not in before[:lo]            # earlier blocks were complete
+        assert all(t == mask for t in before[hi:])  # later blocks untouched
+        before = s.tokens
+    assert [s.block for s in records] == sorted(s.block for s in records)
+
+
+# -- threshold -----------------------------------------------------------------------------
+def test_threshold_tiny_commits_a_block_per_step(hf_model, tokenizer):
+    _, records = tokens_of(hf_model, tokenizer, PROMPTS[0], 20, "threshold",
+                           threshold=1e-9, block_length=8)
+    assert [len(s.changed) for s in records] == [8, 8, 4]
+    assert [s.nfe for s in records] == [1, 2, 3]
+
+
+def test_threshold_one_is_greedy(hf_model, tokenizer):
+    greedy, _ = tokens_of(hf_model, tokenizer, PROMPTS[1], 16, "greedy")
+    thr, records = tokens_of(hf_model, tokenizer, PROMPTS[1], 16, "threshold",
+                             threshold=1.0)
+    assert thr == greedy and records[-1].nfe == 16
+
+
+def test_threshold_commits_exactly_the_confident_ones(tokenizer):
+    model = tiny_model(tokenizer, seed=3, init=2.0)   # peaky: confidences spread out
+    thr, mask = 0.3, tokenizer.mask_token_id
+    _, records = tokens_of(model, tokenizer, PROMPTS[0], 24, "threshold", threshold=thr,
+                           block_length=12)
+    before = [mask] * 24
+    multi = 0
+    for s in records:
+        lo, hi = s.block * 12, (s.block + 1) * 12
+        cand = [i for i in range(lo, hi) if before[i] == mask]
+        sure = [i for i in cand if s.confidence[i] >= thr]
+        best = max(cand, key=lambda i: s.confidence[i])
+        assert s.changed == (sorted(sure) if sure else [best])
+        multi += len(s.changed) > 1
+        before = s.tokens
+    assert multi > 0   # the check saw parallel commits
+
+
+# -- the KV cache --------------------------------------------------------------------------
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("strategy,options", [
+    ("threshold", dict(block_length=8, threshold=0.2)),
+    ("llada", dict(steps=16, block_length=16)),
+    ("remask", dict(steps=12, block_length=12, remask_threshold=0.9)),
+])
+def test_cache_refreshed_every_step_is_exact(lesson_model, tokenizer, cache, strategy,
+                                             options):
+    n = 40  # prompt + answer > 2 x the sliding window
+    plain, r0 = tokens_of(lesson_model, tokenizer, PROMPTS[0], n, strategy, **options)
+    cached, r1 = tokens_of(lesson_model, tokenizer, PROMPTS[0], n, strategy, cache=cache,
+                           cache_refresh="step", **options)
+    assert cached == plain
+    assert [s.changed for s in r1] == [s.changed for s in r0]
+    assert r1[-1].nfe == r0[-1].nfe
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cache_per_block_finishes_with_one_pass_per_step(lesson_model, tokenizer, cache):
+    n, block = 32, 8
+    tokens, records = tokens_of(lesson_model, tokenizer, PROMPTS[0], n, "llada", steps=16,
+                                block_length=block, cache=cache)
+    assert tokenizer.mask_token_id not in tokens
+    assert [s.nfe for s in records] == list(range(1, 17))
+    # the first step of each block runs on a fresh cache: same as uncached there
+    plain, r0 = tokens_of(lesson_model, tokenizer, PROMPTS[0], n, "llada", steps=16,
+                          block_length=block)
+    assert r0[0].changed == records[0].changed
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cache_window_covers_the_right_positions(lesson_model, tokenizer, cache):
+    """Inside a block, only the window's confidences are recomputed: prefix = block start
+    to the end, dual = the block alone; the first step of a block sees everything."""
+    n, block = 24, 8
+    _, records = tokens_of(lesson_model, tokenizer, PROMPTS[0], n, "llada", steps=12,
+                           block_length=block, cache=cache)
+    previous = None
+    for s in records:
+        lo, hi = s.block * block, (s.block + 1) * block
+        if previous is not None and previous.block == s.block:
+            fresh = [i for i in range(n) if s.confidence[i] != previous.confidence[i]]
+            end = n if cache == "prefix" else hi
+            assert set(fresh) <= set(range(lo, end))
+            assert len(fresh) > (end - lo) // 2
+        elif previous is not None:                 # new block: full pass
+            fresh = [i for i in range(n) if s.confidence[i] != previous.confidence[i]]
+            assert len(fresh) > n // 2
+        previous = s
+
+
+def test_cache_needs_lesson_backend(hf_model, tokenizer):
+    with pytest.raises(ValueError, match="backend='lesson'"):
+        decode_steps(hf_model, tokenizer, "hi", 8, "llada", cache="prefix")
+
+
+# -- every strategy ends with a full answer ------------------------------------------------
+ALL = [("greedy", {}), ("llada", dict(steps=8, block_length=8)),
+       ("llada", dict(steps=6, block_length=7, remasking="random", temperature=1.0)),
+       ("threshold", dict(block_length=10)), ("remask", dict(steps=10, block_length=10)),
+       ("duo", dict(steps=6))]
+
+
+@pytest.mark.parametrize("strategy,options", ALL)
+def test_every_strategy_finishes(hf_model, tokenizer, strategy, options):
+    n = 20
+    tokens, records = tokens_of(hf_model, tokenizer, PROMPTS[1], n, strategy, **options)
+    assert len(tokens) == n and tokenizer.mask_token_id not in tokens
+    assert [s.step for s in records] == list(range(1, len(records) + 1))
+    assert [s.nfe for s in records] == [s.step for s in records]   # one pass per step
+    assert all(len(s.confidence) == n and len(s.tokens) == n for s in records)
+    assert all(0.0 <= c <= 1.0 for s in records for c in s.confidence)
+    text = generate(hf_model, tokenizer, PROMPTS[1], n, strategy, **options)
+    assert text == answer_text(tokenizer, tokens)
+
+
+def test_answer_text_cuts_at_first_end_token(tokenizer):
+    ids = tokenizer("Paris is nice", add_special_tokens=False).input_ids
+    sep = tokenizer.sep_token_id
+    assert answer_text(tokenizer, ids + [sep] + ids + [sep]) == "Paris is nice"
+    assert answer_text(tokenizer, ids) == "Paris is nice"
+
+
+# -- remask --------------------------------------------------------------------------------
+def test_remask_records_and_finishes(hf_model, tokenizer):
+    n, steps, block = 24, 12, 12
+    mask = tokenizer.mask_token_id
+    tokens, records = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "remask", steps=steps,
+                                block_length=block, remask_threshold=0.9, max_remask=2)
+    assert mask not in tokens
+    assert any(s.remasked for s in records)
+    before = [mask] * n
+    for s in records:
+        assert len(s.remasked) <= 2
+        assert not set(s.remasked) & set(s.changed)           # never the ones just set
+        assert all(before[i] != mask for i in s.remasked)      # were committed before
+        assert all(s.tokens[i] == mask for i in s.remasked)
+        assert set(s.corrected) <= set(s.changed)
+        before = s.tokens
+    per_block = [sum(s.block == b for s in records) for b in range(2)]
+    assert all(6 <= k <= 6 + 3 for k in per_block)            # 6 planned + at most 3 extra
+    # a corrected position got a different token than the one re-masked there
+    remasked_token = {}
+    seen = []
+    prev = [mask] * n
+    for s in records:
+        for i in s.changed:
+            if i in remasked_token and remasked_token.pop(i) != s.tokens[i]:
+                seen.append((s.step, i))
+        for i in s.remasked:
+            remasked_token[i] = prev[i]
+        prev = s.tokens
+    assert seen == [(s.step, i) for s in records for i in s.corrected]
+
+
+def test_remask_threshold_zero_is_llada(hf_model, tokenizer):
+    _, records = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, "remask", steps=8,
+                           remask_threshold=0.0)
+    assert not any(s.remasked for s in records)
+    llada, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, "llada", steps=8)
+    assert records[-1].tokens == llada
+
+
+# -- duo -----------------------------------------------------------------------------------
+def test_duo_sampler(hf_model, tokenizer):
+    n, steps = 24, 16
+    sep = tokenizer.sep_token_id
+    bad = set(tokenizer.all_special_ids) - {sep}
+    tokens, records = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "duo", steps=steps,
+                                seed=1)
+    assert len(records) == steps
+    assert all(not set(s.tokens) & bad for s in records)       # no masks, no specials
+    assert len(records[0].changed) > n // 2                    # from random tokens
+    assert any(s.corrected for s in records)
+    # the last step is the model's argmax (over allowed ids) on the previous answer
+    ids, a0 = build_sequence(tokenizer, PROMPTS[0], n)
+    ids[0, a0:a0 + n] = torch.tensor(records[-2].tokens)
+    with torch.no_grad():
+        logits = hf_model(input_ids=ids).logits[0, a0:a0 + n]
+    logits[:, sorted(bad)] = -math.inf
+    assert tokens == logits.argmax(-1).tolist()
+    before = records[-2].tokens
+    assert records[-1].changed == [i for i in range(n) if tokens[i] != before[i]]
+
+
+class Scripted(torch.nn.Module):
+    """A fake model whose argmax at answer position i on call k is ``script[k][i]``."""
+
+    def __init__(self, vocab_size, script, answer_start):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(vocab_size=vocab_size, max_position_embeddings=512)
+        self.script, self.a0, self.calls = script, answer_start, 0
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        for i, tok in enumerate(self.script[self.calls]):
+            logits[0, self.a0 + i, tok] = 10.0
+        self.calls += 1
+        return SimpleNamespace(logits=logits)
+
+
+def test_duo_corrected_means_changed_after_two_stable_steps(tokenizer):
+    a, b = 100, 200                                    # two ordinary tokens
+    script = [[a, a, a], [a, b, a], [a, a, b], [b, b, b], [b, a, a], [b, b, a]]
+    _, a0 = build_sequence(tokenizer, "hi", 3)
+    model = Scripted(len(tokenizer), script, a0)
+    records = list(decode_steps(model, tokenizer, "hi", 3, "duo", steps=6))
+    assert [s.corrected for s in records] == [[], [], [2], [0], [2], []]
+    assert records[-1].tokens == script[-1]
+
+
+def test_duo_noise_schedule_flips_linearly(tokenizer):
+    from dllm_lesson import duo
+
+    V = len(tokenizer) - 4                       # every id but [PAD] [UNK] [CLS] [MASK]
+    allowed = torch.ones(len(tokenizer), dtype=torch.bool)
+    allowed[[0, 1, 2, 4]] = False
+    policy = sampling._Duo(allowed, steps=5)
+    flips = [policy.flip(k) for k in range(5)]
+    top = (V - 1) / V
+    assert flips == pytest.approx([top * 0.8, top * 0.6, top * 0.4, top * 0.2, 0.0])
+    got = duo.flip_probability(torch.tensor(policy.noise, dtype=torch.float64), V)
+    assert got.tolist() == pytest.approx(flips[:-1], abs=1e-6)
+
+
+# -- sampling, determinism -----------------------------------------------------------------
+def test_gumbel_max_samples_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    for T in (0.5, 1.0, 2.0):
+        scores = add_gumbel_noise(logits, T, gen)
+        assert scores.dtype == torch.float64
+        freq = torch.bincount(scores.argmax(-1), minlength=4).double() / len(logits)
+        expected = torch.softmax(logits[0].double() / T, -1)
+        assert torch.allclose(freq, expected, atol=0.01)
+    assert add_gumbel_noise(logits, 0.0) is logits
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("llada", dict(steps=8, remasking="random")),
+    ("llada", dict(steps=8, temperature=1.0)),
+    ("duo", dict(steps=8)),
+])
+def test_determinism_given_seed(hf_model, tokenizer, strategy, options):
+    a, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, strategy, seed=5, **options)
+    b, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, strategy, seed=5, **options)
+    c, _ = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, strategy, seed=6, **options)
+    assert a == b and a != c
+
+
+# -- bad input -----------------------------------------------------------------------------
+class NoMask:
+    mask_token = None
+    mask_token_id = None
+
+
+@pytest.mark.parametrize("args,options,match", [
+    ((0, "greedy"), {}, "answer_length"),
+    ((-3, "greedy"), {}, "answer_length"),
+    ((600, "greedy"), {}, "answer_length=600 does not fit"),
+    ((8, "magic"), {}, "unknown strategy.*greedy.*duo"),
+    ((8, "threshold"), dict(threshold=0.0), r"threshold must be in \(0, 1\]"),
+    ((8, "threshold"), dict(threshold=1.5), r"threshold must be in \(0, 1\]"),
+    ((8, "llada"), dict(steps=0), "steps must be a positive"),
+    ((8, "llada"), dict(block_length=-1), "block_length must be a positive"),
+    ((16, "llada"), dict(steps=2, block_length=4), "more blocks than steps"),
+    ((8, "llada"), dict(cache="triple"), "unknown cache"),
+    ((8, "llada"), dict(remasking="sometimes"), "unknown remasking"),
+    ((8, "llada"), dict(temperature=-1.0), "temperature"),
+    ((8, "llada"), dict(cache="prefix", cache_refresh="never"), "cache_refresh"),
+    ((8, "greedy"), dict(steps=4), "greedy .* takes no steps"),
+    ((8, "greedy"), dict(block_length=4), "greedy .* takes no steps or block_length"),
+    ((8, "threshold"), dict(steps=4), "drop steps"),
+    ((8, "duo"), dict(block_length=4), "no block_length"),
+])
+def test_bad_arguments(lesson_model, tokenizer, args, options, match):
+    with pytest.raises(ValueError, match=match):
+        decode_steps(lesson_model, tokenizer, "hi", *args, **options)
+
+
+def test_prompt_too_long(lesson_model, tokenizer):
+    prompt = "Tell me about France. " * 100
+    with pytest.raises(ValueError, match="prompt too long"):
+        decode_steps(lesson_model, tokenizer, prompt, 64, "greedy")
+    with pytest.raises(ValueError, match="prompt too long"):
+        generate(lesson_model, tokenizer, prompt, 64)
+
+
+def test_no_mask_token(lesson_model):
+    with pytest.raises(ValueError, match="no mask token"):
+        decode_steps(lesson_model, NoMask(), "hi", 8)
+
+
+def test_duo_refuses_cache(lesson_model, tokenizer):
+    with pytest.raises(ValueError, match="not with duo"):
+        decode_steps(lesson_model, tokenizer, "hi", 8, "duo", cache="dual")
+
+
+# -- animation and CLI ---------------------------------------------------------------------
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_animate_plain_and_tty(hf_model, tokenizer):
+    expected = generate(hf_model, tokenizer, PROMPTS[0], 12, "llada", steps=4)
+    plain = io.StringIO()
+    answer = sampling.animate(hf_model, tokenizer, PROMPTS[0], 12, "llada", delay=0,
+                              stream=plain, steps=4)
+    assert answer == expected
+    assert "\x1b" not in plain.getvalue()
+    assert plain.getvalue() == f"User: {PROMPTS[0]}\nAssistant: {expected}\n"
+    verbose = io.StringIO()
+    sampling.animate(hf_model, tokenizer, PROMPTS[0], 12, "llada", delay=0, stream=verbose,
+                     verbose=True, steps=4)
+    lines = verbose.getvalue().splitlines()
+    assert len(lines) == 1 + 4 + 1 and "\x1b" not in verbose.getvalue()
+    assert lines[1].count(sampling.MASK_GLYPH) >= 9        # 3 of 12 set after step 1
+    tty = Tty()
+    sampling.animate(hf_model, tokenizer, PROMPTS[0], 12, "llada", delay=0, stream=tty,
+                     steps=4)
+    assert "\x1b[32m" in tty.getvalue() and tty.getvalue().endswith(f"{expected}\n")
+
+
+def test_render_marks_masks_and_hides_specials(tokenizer):
+    mask, sep = tokenizer.mask_token_id, tokenizer.sep_token_id
+    ids = tokenizer("Hi", add_special_tokens=False).input_ids
+    step = Step(step=1, tokens=ids + [mask, sep], changed=[0])
+    assert sampling.render(tokenizer, step) == "Hi" + sampling.MASK_GLYPH
+    coloured = sampling.render(tokenizer, step, colour=True)
+    assert "\x1b[32m" in coloured and "\x1b[2m" in coloured
+
+
+def test_main_generate(hf_model, lesson_model, tokenizer, tmp_path, capsys):
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    sampling.main_generate(["--model", str(tmp_path), "--prompt", PROMPTS[1],
+                            "--strategy", "threshold", "--answer-length", "16",
+                            "--block-length", "8", "--cache", "dual", "--delay", "0",
+                            "--device", "cpu"])
+    out = capsys.readouterr().out
+    expected = generate(lesson_model, tokenizer, PROMPTS[1], 16, "threshold",
+                        block_length=8, cache="dual")
+    assert out == f"User: {PROMPTS[1]}\nAssistant: {expected}\n"
+    with pytest.raises(SystemExit):
+        sampling.main_generate(["--model", str(tmp_path), "--prompt", "hi",
+                                "--answer-length", "0", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert "answer_length must be a positive integer" in captured.err
+    assert captured.out == ""
