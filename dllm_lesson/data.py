@@ -378,13 +378,14 @@ def load_chat_dataset(name: str = OFFLINE, split: str = "sft", seed: int = DEFAU
         path = corpus_dir(seed) / f"{split}.jsonl"
         return datasets.load_dataset("json", data_files=str(path), split="train")
     p = Path(name)
-    if p.suffix == ".jsonl" or p.is_dir():
+    if p.suffix in (".json", ".jsonl") and not p.exists():
+        raise FileNotFoundError(f"dataset file {p} does not exist; pass an existing .jsonl "
+                                f"file, a folder of them, '{OFFLINE}', or a hub id")
+    if p.is_file() or p.is_dir():
         files = [str(p)] if p.is_file() else sorted(str(x) for x in p.glob("*.jsonl"))
         if not files:
             raise FileNotFoundError(f"no .jsonl files in {p}")
         return datasets.load_dataset("json", data_files=files, split="train")
-    if p.suffix in (".json", ".jsonl") and not p.exists():
-        raise FileNotFoundError(f"dataset file {p} does not exist")
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, unknown id, ...

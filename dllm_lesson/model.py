@@ -201,7 +201,7 @@ class Attention(nn.Module):
         ``start:start+W`` and the W queries attend to all L cached positions.
         """
         B, W, _ = x.shape
-        qkv = self.Wqkv(x).view(B, W, 3, self.num_heads, self.head_dim)
+        qkv = self.Wqkv(x).view(B, W, 3, self.num_heads, self.head_dim)  # fused [q|k|v]
         q, k, v = qkv.transpose(1, 3).unbind(dim=2)  # each (B, heads, W, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
@@ -440,9 +440,10 @@ class ModernBert(nn.Module):
                  if not k.endswith("inv_freq")}
         with torch.device("meta"):
             model = cls(config)
-        tied = getattr(config, "tie_word_embeddings", True)
-        if tied or "decoder.weight" not in state:
-            state["decoder.weight"] = state.get("embeddings.tok_embeddings.weight")
+        embedding = "embeddings.tok_embeddings.weight"
+        if getattr(config, "tie_word_embeddings", True):  # one matrix, stored once
+            shared = state.get(embedding, state.get("decoder.weight"))
+            state[embedding] = state["decoder.weight"] = shared
         expected = set(model.state_dict())
         missing = sorted(k for k in expected if state.get(k) is None)
         unexpected = sorted(set(state) - expected)
@@ -451,7 +452,7 @@ class ModernBert(nn.Module):
                              f"{missing[:5]}, unexpected {unexpected[:5]}. "
                              "Load it with transformers.")
         if dtype is None:  # like transformers' dtype="auto": keep the checkpoint's dtype
-            dtype = state["embeddings.tok_embeddings.weight"].dtype
+            dtype = state[embedding].dtype
         model.load_state_dict(state, assign=True)
         model.tie_weights()  # assign=True replaced the shared parameter
         return model.to(device=device, dtype=dtype).eval()

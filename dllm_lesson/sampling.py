@@ -40,6 +40,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterator
 
 import torch
@@ -49,6 +50,7 @@ from . import duo
 STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo")
 CACHES = (None, "prefix", "dual")
 REMASKING = ("low_confidence", "random")
+REMASK_CHECK = ("masked", "visible")
 CACHE_REFRESH = ("block", "step")
 
 
@@ -189,14 +191,19 @@ class _Unmask:
 
     ``mode``: "schedule" (``ceil(masks left / steps left)`` per step: greedy, llada,
     remask) or "threshold". ``remask``: turn committed low-confidence tokens back into
-    ``[MASK]``.
+    ``[MASK]``. ``check``: how a committed token's current confidence is read:
+    "visible" from this step's pass, where the model sees the token (a masked model
+    mostly copies what it sees, so this rarely fires), or "masked" from one more pass in
+    which every other committed token of the block is hidden and predicted again from
+    its context (``probe``, counted in the NFE).
     """
 
     def __init__(self, mask_id, mode, remasking, threshold, remask, remask_threshold,
-                 max_remask):
+                 max_remask, check="visible", probe=None):
         self.mask_id, self.mode, self.remasking = mask_id, mode, remasking
         self.threshold, self.remask = threshold, remask
         self.remask_threshold, self.max_remask = remask_threshold, max_remask
+        self.check, self.probe = check, probe
         self.remasked_token: dict[int, int] = {}     # position -> token it had before
 
     def block_done(self, xa, bs, be, k):
@@ -227,6 +234,11 @@ class _Unmask:
         if self.remask and k < max_steps - 1:      # never on a block's last allowed step
             done = ~masked & in_block              # committed before this step: never
                                                    # the ones just committed
+            if self.check == "masked":             # ask again with the token hidden
+                parity = torch.arange(A, device=xa.device) % 2 == k % 2
+                done &= parity                     # every other one: neighbours stay
+                if done.any():
+                    current_prob = self.probe(new, done)
             low = done & (current_prob < self.remask_threshold)
             pick = _top(-current_prob.masked_fill(~low, math.inf), self.max_remask)
             pick = pick[low[pick]]
@@ -321,6 +333,17 @@ class _Forward:
         hi = min(hi, a0 + A)                                         # drop the final [SEP]
         return bs, hi - a0, logits[0, :hi - lo]
 
+    def probe(self, x, mask_id, answer, hide):
+        """One more full pass with the ``hide`` answer positions masked: the probability
+        of each answer token given everything else, ``p(answer_i | x without it)`` (A,)."""
+        a0, A = self.a0, self.A
+        xp = x.clone()
+        xp[0, a0:a0 + A] = answer.masked_fill(hide, mask_id)
+        self.nfe += 1
+        logits = self.model(input_ids=xp).logits[0, a0:a0 + A]       # (A, V)
+        probs = torch.softmax(logits.float(), dim=-1)                # (A, V)
+        return probs.gather(1, answer[:, None])[:, 0]
+
 
 # -- settings ------------------------------------------------------------------------------
 def _max_positions(model) -> int | None:
@@ -330,8 +353,8 @@ def _max_positions(model) -> int | None:
 
 
 def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_length,
-           remasking, temperature, threshold, remask_threshold, max_remask, cache,
-           cache_refresh):
+           remasking, temperature, threshold, remask_threshold, max_remask, remask_check,
+           cache, cache_refresh):
     """Every ValueError a reader may trigger, each with what to do instead; returns the
     starting sequence ``(input_ids (1, L), answer_start)``."""
     if strategy not in STRATEGIES:
@@ -359,6 +382,9 @@ def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_lengt
         raise ValueError(f"max_remask must be >= 0, got {max_remask}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
+    if remask_check not in REMASK_CHECK:
+        raise ValueError(f"unknown remask_check {remask_check!r}: choose one of "
+                         f"{REMASK_CHECK}")
     if remasking not in REMASKING:
         raise ValueError(f"unknown remasking {remasking!r}: choose one of {REMASKING}")
     if cache not in CACHES:
@@ -410,8 +436,9 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
                  strategy: str = "greedy", *, steps: int | None = None,
                  block_length: int | None = None, remasking: str = "low_confidence",
                  temperature: float = 0.0, threshold: float = 0.9,
-                 remask_threshold: float = 0.3, max_remask: int = 2,
-                 remask_extra_steps: int | None = None, cache: str | None = None,
+                 remask_threshold: float = 0.9, max_remask: int = 2,
+                 remask_extra_steps: int | None = None, remask_check: str = "visible",
+                 cache: str | None = None,
                  cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
     """Decode an answer step by step; yields one :class:`Step` per model step.
 
@@ -425,8 +452,13 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         with low confidence, and each step up to ``max_remask`` committed tokens of the
         block whose probability fell below ``remask_threshold`` become ``[MASK]`` again
         (each block may take ``remask_extra_steps`` more steps than planned, default
-        half its steps, so it ends). ``"duo"``: uniform-state sampler, ``steps``
-        (default 32), starting from random tokens.
+        half its steps, so it ends). ``remask_check="visible"`` reads that probability
+        from the step's own pass, where the model sees the token (a masked model mostly
+        copies what it sees: probabilities stay near 1, hence the high default
+        threshold); ``"masked"`` from one extra pass per step in which every other
+        committed token of the block is hidden and predicted again (NFE ~ 2 x steps).
+        ``"duo"``: uniform-state sampler, ``steps`` (default 32), starting from random
+        tokens.
     temperature
         0: argmax. > 0: Gumbel-max sampling in float64 (:func:`add_gumbel_noise`).
     cache
@@ -442,7 +474,8 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
     """
     ids, answer_start = _check(model, tokenizer, prompt, answer_length, strategy, steps,
                                block_length, remasking, temperature, threshold,
-                               remask_threshold, max_remask, cache, cache_refresh)
+                               remask_threshold, max_remask, remask_check, cache,
+                               cache_refresh)
     A = answer_length
     mask_id = tokenizer.mask_token_id
     device = next(model.parameters()).device
@@ -481,11 +514,15 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
     else:
         policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
                          remasking if strategy == "llada" else "low_confidence",
-                         threshold, strategy == "remask", remask_threshold, max_remask)
+                         threshold, strategy == "remask", remask_threshold, max_remask,
+                         remask_check)
 
+    x = ids.to(device)                                               # (1, L)
     forward = _Forward(model, cache, cache_refresh, answer_start, A)
-    return _loop(forward, ids.to(device), answer_start, A, blocks, planned, max_steps,
-                 policy, banned, temperature, seed, strategy == "duo")
+    if strategy == "remask":
+        policy.probe = partial(forward.probe, x, mask_id)
+    return _loop(forward, x, answer_start, A, blocks, planned, max_steps, policy, banned,
+                 temperature, seed, strategy == "duo")
 
 
 @torch.inference_mode()
@@ -589,8 +626,8 @@ def animate(model, tokenizer, prompt: str, answer_length: int = 64,
             row = render(tokenizer, last)
             stream.write(f"step {last.step:>3} nfe {last.nfe:>3}  {row}\n")
     answer = answer_text(tokenizer, last.tokens)
-    if tty:
-        stream.write("\n")
+    if tty:                                       # the last frame becomes the plain answer
+        stream.write((f"\x1b[{rows_drawn}A" if rows_drawn else "") + "\r\x1b[J")
     stream.write(f"{prefix}{answer}\n")
     stream.flush()
     return answer

@@ -403,7 +403,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    acc = Accelerator(mixed_precision=mp)
+    # several CPU processes (torchrun on a machine without GPUs): DDP over gloo
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if model is None:

@@ -239,6 +239,21 @@ def test_from_hf_copies_and_dtypes(tmp_path):
         == torch.device("cpu")
 
 
+def test_tied_matrix_stored_under_either_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf(tiny_config(), 8)
+    hf.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert "decoder.weight" not in state  # transformers stores the tied matrix once
+    state["decoder.weight"] = state.pop("model.embeddings.tok_embeddings.weight")
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours = ModernBert.from_pretrained(tmp_path)
+    x0 = torch.randint(5, 97, (1, 24))
+    with torch.no_grad():
+        assert max_diff(ours(input_ids=x0).logits, hf(input_ids=x0).logits) <= TOL
+
+
 def test_bad_inputs_raise_value_errors(tmp_path):
     hf = random_hf(tiny_config(), 5)
     ours = save_and_load(hf, tmp_path / "ok")

@@ -320,6 +320,31 @@ def test_remask_records_and_finishes(hf_model, tokenizer):
     assert seen == [(s.step, i) for s in records for i in s.corrected]
 
 
+def test_remask_masked_check_probes_with_the_token_hidden(hf_model, tokenizer):
+    n, steps = 16, 8
+    mask = tokenizer.mask_token_id
+    tokens, records = tokens_of(hf_model, tokenizer, PROMPTS[0], n, "remask", steps=steps,
+                                remask_threshold=0.9, remask_check="masked")
+    assert mask not in tokens and any(s.remasked for s in records)
+    assert records[-1].nfe > len(records)            # the probe passes count too
+    # the first step with a probe: recompute its probabilities independently
+    first = next(s for s in records if s.nfe > s.step)
+    before = records[first.step - 2].tokens
+    k = first.step - 1                               # 0-based step in the only block
+    asked = [i for i in range(n) if before[i] != mask and i % 2 == k % 2]
+    ids, a0 = build_sequence(tokenizer, PROMPTS[0], n)
+    answer = torch.tensor(first.tokens)
+    answer[first.remasked] = torch.tensor([before[i] for i in first.remasked])
+    probe = answer.clone()
+    probe[asked] = mask
+    ids[0, a0:a0 + n] = probe
+    with torch.no_grad():
+        probs = torch.softmax(hf_model(input_ids=ids).logits[0, a0:a0 + n], -1)
+    p = {i: float(probs[i, answer[i]]) for i in asked}
+    low = sorted((i for i in asked if p[i] < 0.9), key=lambda i: p[i])[:2]
+    assert first.remasked == sorted(low)
+
+
 def test_remask_threshold_zero_is_llada(hf_model, tokenizer):
     _, records = tokens_of(hf_model, tokenizer, PROMPTS[0], 16, "remask", steps=8,
                            remask_threshold=0.0)
@@ -438,6 +463,8 @@ class NoMask:
     ((16, "llada"), dict(steps=2, block_length=4), "more blocks than steps"),
     ((8, "llada"), dict(cache="triple"), "unknown cache"),
     ((8, "llada"), dict(remasking="sometimes"), "unknown remasking"),
+    ((8, "remask"), dict(remask_check="maybe"), "unknown remask_check"),
+    ((8, "remask"), dict(remask_threshold=2.0), "remask_threshold"),
     ((8, "llada"), dict(temperature=-1.0), "temperature"),
     ((8, "llada"), dict(cache="prefix", cache_refresh="never"), "cache_refresh"),
     ((8, "greedy"), dict(steps=4), "greedy .* takes no steps"),

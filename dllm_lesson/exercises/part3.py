@@ -1,0 +1,297 @@
+"""Exercises of part 3 (Duo, notebooks 06-09): reference solutions and their checks.
+
+Each exercise is a reference (a slow, obvious spec, or the library function itself) and a
+checker ``_check(candidate, reference)`` that draws random inputs from a seeded
+``torch.Generator`` and raises ``AssertionError`` with the first input where the two
+disagree. In a notebook::
+
+    from dllm_lesson.exercises import check
+    # check("flip_probability_v2", flip_probability_v2)
+
+===================  =======================  ==========================================
+exercise             notebook                 what you write
+===================  =======================  ==========================================
+flip_probability_v2  06_duo_gaussian_noise    ``Phi(-c / (s sqrt 2))`` for ``V = 2``
+corrupt_tokens       06_duo_gaussian_noise    ``argmax(c one_hot(x0) + s z)``
+tau_schedule         07_soft_tokens           log-linear annealing of ``tau``
+soft_embedding       07_soft_tokens           ``softmax(w / tau) @ E``
+symmetric_kl         08_duo_loss_scaling      ``KL(q || p) + KL(p || q)`` per token
+row_scale            08_duo_loss_scaling      ``noise / (V clean + noise)``
+renoise              09_duo_sampling          keep with ``1 - f``, else a uniform other id
+===================  =======================  ==========================================
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import duo
+from . import exercise
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    """The candidate's answer as a float64 tensor (floats, arrays and tensors accepted)."""
+    if value is None:
+        raise AssertionError(f"{name} returned None: did you forget `return`?")
+    try:
+        return torch.as_tensor(value).detach().to("cpu", torch.float64)
+    except Exception as e:  # noqa: BLE001 - report what came back
+        raise AssertionError(f"{name} returned {type(value).__name__}, not numbers: {e}")
+
+
+def _close(got, want, what: str, rtol: float = 1e-6, atol: float = 1e-6) -> None:
+    got, want = _as_tensor(got, what), _as_tensor(want, "reference")
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected "
+                             f"{tuple(want.shape)}")
+    if not torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=False):
+        bad = (got - want).abs().argmax()
+        idx = tuple(int(i) for i in torch.unravel_index(bad, got.shape))
+        raise AssertionError(
+            f"{what}: at index {idx} you return {float(got.reshape(-1)[bad]):.6g}, "
+            f"expected {float(want.reshape(-1)[bad]):.6g} "
+            f"(largest difference {float((got - want).abs().max()):.3g})")
+
+
+# ---------------------------------------------------------------------------------------
+# 06_duo_gaussian_noise
+# ---------------------------------------------------------------------------------------
+
+
+def flip_probability_v2(noise_weight: torch.Tensor) -> torch.Tensor:
+    """Flip probability for a vocabulary of two ids, ``clean = 1 - noise``.
+
+    Taught in ``06_duo_gaussian_noise``.
+
+    With ``V = 2`` the token flips when ``s z1 > c + s z0``, i.e. ``z1 - z0 > c / s``;
+    ``z1 - z0 ~ N(0, 2)``, so ``P(flip) = Phi(-c / (s sqrt 2))``.
+    """
+    s = torch.as_tensor(noise_weight, dtype=torch.float64)
+    c = 1.0 - s
+    return torch.special.ndtr(-c / (s * math.sqrt(2.0)))  # Phi(-c / (s sqrt 2))
+
+
+@exercise("flip_probability_v2", "06_duo_gaussian_noise", flip_probability_v2)
+def _check_flip_v2(candidate, reference):
+    g = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        s = 0.02 + 0.98 * torch.rand(40, generator=g, dtype=torch.float64)  # (40,)
+        s[0] = 1.0                                     # pure noise: a fair coin
+        want = reference(s)
+        # the general formula (numerical integral) must agree with the closed form
+        _close(want, duo.flip_probability(s, 2), "reference vs duo.flip_probability")
+        _close(candidate(s.clone()), want, f"flip_probability_v2(s) for s = {s.tolist()}",
+               atol=1e-6)
+
+
+def corrupt_tokens(x0: torch.Tensor, noise_weight: float, vocab_size: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``xt = argmax(c * one_hot(x0) + s * z)`` with ``c = 1 - s``, ``z ~ N(0, I)``.
+
+    Taught in ``06_duo_gaussian_noise``. The noise is drawn as
+    ``torch.randn(B, L, V, generator=generator)``, in one call, as
+    :func:`dllm_lesson.duo.gaussian_one_hot` does.
+    """
+    w = duo.gaussian_one_hot(x0, noise_weight, vocab_size, generator=generator)  # (B, L, V)
+    return w.argmax(-1)  # xt = argmax(w)   (B, L)
+
+
+@exercise("corrupt_tokens", "06_duo_gaussian_noise", corrupt_tokens)
+def _check_corrupt(candidate, reference):
+    g = torch.Generator().manual_seed(60)
+    for trial in range(6):
+        B, L = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 9, (1,),
+                                                                              generator=g))
+        V = int(torch.randint(2, 12, (1,), generator=g))
+        s = round(float(torch.rand(1, generator=g)) * 0.8 + 0.1, 3)
+        x0 = torch.randint(0, V, (B, L), generator=g)
+        want = reference(x0, s, V, torch.Generator().manual_seed(trial))
+        got = candidate(x0.clone(), s, V, torch.Generator().manual_seed(trial))
+        if got is None:
+            raise AssertionError("corrupt_tokens returned None: did you forget `return`?")
+        got = torch.as_tensor(got)
+        if got.shape != want.shape:
+            raise AssertionError(f"corrupt_tokens: shape {tuple(got.shape)}, expected "
+                                 f"{tuple(want.shape)} (one id per position, (B, L))")
+        if not torch.equal(got.long(), want.long()):
+            raise AssertionError(
+                f"corrupt_tokens(x0={x0.tolist()}, noise_weight={s}, vocab_size={V}) "
+                f"returned {got.tolist()}, expected {want.tolist()}. Draw the noise as "
+                "torch.randn(B, L, V, generator=generator) and use clean = 1 - noise")
+
+
+# ---------------------------------------------------------------------------------------
+# 07_soft_tokens
+# ---------------------------------------------------------------------------------------
+
+
+def tau_schedule(step: int, total_steps: int, tau_start: float, tau_end: float) -> float:
+    """Log-linear ``tau``: ``tau_start`` at step 0, ``tau_end`` from ``total_steps`` on.
+
+    Taught in ``07_soft_tokens`` (the library's :func:`dllm_lesson.duo.tau_schedule`).
+    """
+    return duo.tau_schedule(step, total_steps, tau_start, tau_end)
+
+
+@exercise("tau_schedule", "07_soft_tokens", tau_schedule)
+def _check_tau(candidate, reference):
+    g = torch.Generator().manual_seed(7)
+    cases = [(0, 100, 1e-3, 1e-8), (100, 100, 1e-3, 1e-8), (250, 100, 1e-3, 1e-8),
+             (50, 100, 1e-3, 1e-8)]
+    for _ in range(20):
+        total = int(torch.randint(1, 10_000, (1,), generator=g))
+        step = int(torch.randint(0, total + 1, (1,), generator=g))
+        start = 10 ** float(-4 * torch.rand(1, generator=g))
+        end = start * 10 ** float(-6 * torch.rand(1, generator=g))
+        cases.append((step, total, start, end))
+    for step, total, start, end in cases:
+        want = reference(step, total, start, end)
+        got = candidate(step, total, start, end)
+        _close(got, want, f"tau_schedule(step={step}, total_steps={total}, "
+               f"tau_start={start:.3g}, tau_end={end:.3g})", rtol=1e-6, atol=0.0)
+
+
+def soft_embedding(w: torch.Tensor, tau: float, embedding_weight: torch.Tensor):
+    """``softmax(w / tau) @ E``: the embedding a soft token feeds the model, ``(B, L, H)``.
+
+    Taught in ``07_soft_tokens``.
+    """
+    return duo.soft_embeddings(duo.soft_tokens(w, tau), embedding_weight)
+
+
+@exercise("soft_embedding", "07_soft_tokens", soft_embedding)
+def _check_soft_embedding(candidate, reference):
+    g = torch.Generator().manual_seed(70)
+    for _ in range(6):
+        B, L, V, H = 2, int(torch.randint(1, 6, (1,), generator=g)), 9, 5
+        w = torch.randn(B, L, V, generator=g)  # (B, L, V)
+        E = torch.randn(V, H, generator=g)  # (V, H)
+        tau = float(10 ** (2 * torch.rand(1, generator=g) - 1.5))  # 0.03 .. 3
+        want = reference(w, tau, E)
+        got = candidate(w.clone(), tau, E.clone())
+        _close(got, want, f"soft_embedding(w, tau={tau:.3g}, E) for w of shape "
+               f"{tuple(w.shape)}", rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# 08_duo_loss_scaling
+# ---------------------------------------------------------------------------------------
+
+
+def symmetric_kl(logits: torch.Tensor, x0: torch.Tensor, eps: float = 1e-4):
+    """Per-token ``KL(q || p) + KL(p || q)``, ``q = (1 - eps) one_hot(x0) + eps / V``.
+
+    Taught in ``08_duo_loss_scaling`` (the library's :func:`dllm_lesson.duo.symmetric_kl`).
+    """
+    return duo.symmetric_kl(logits, x0, eps=eps)
+
+
+@exercise("symmetric_kl", "08_duo_loss_scaling", symmetric_kl)
+def _check_sym_kl(candidate, reference):
+    g = torch.Generator().manual_seed(8)
+    for eps in (1e-4, 1e-2, 0.3):
+        B, L, V = 2, 4, int(torch.randint(2, 20, (1,), generator=g))
+        logits = 3 * torch.randn(B, L, V, generator=g)  # (B, L, V)
+        x0 = torch.randint(0, V, (B, L), generator=g)  # (B, L)
+        want = reference(logits, x0, eps)
+        got = candidate(logits.clone(), x0.clone(), eps)
+        _close(got, want, f"symmetric_kl(logits, x0, eps={eps}) with V={V}",
+               rtol=1e-4, atol=1e-4)
+
+
+def row_scale(noise_weight, vocab_size: int):
+    """The seed's per-row scale ``noise / (V * clean + noise)`` with ``clean = 1 - noise``.
+
+    Taught in ``08_duo_loss_scaling`` (the library's :func:`dllm_lesson.duo.row_scale`).
+    """
+    return duo.row_scale(torch.as_tensor(noise_weight, dtype=torch.float64), vocab_size)
+
+
+@exercise("row_scale", "08_duo_loss_scaling", row_scale)
+def _check_row_scale(candidate, reference):
+    g = torch.Generator().manual_seed(80)
+    for V in (2, 7, 2788):
+        s = torch.rand(16, generator=g, dtype=torch.float64)  # (16,)
+        s[0], s[1] = 0.0, 1.0
+        _close(candidate(s.clone(), V), reference(s, V),
+               f"row_scale(noise, vocab_size={V}) for noise = {s.tolist()}",
+               rtol=1e-5, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# 09_duo_sampling
+# ---------------------------------------------------------------------------------------
+
+
+def renoise(x0_hat: torch.Tensor, flip: float, vocab_size: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """One re-noise step of the uniform-state sampler, ``(B, L)`` ids.
+
+    Taught in ``09_duo_sampling``.
+
+    Each token is kept with probability ``1 - flip`` and otherwise replaced by one of the
+    ``V - 1`` *other* ids, uniformly. By the duality this is Gaussian noise on the one-hot
+    vector at the noise weight whose flip probability is ``flip``
+    (:func:`dllm_lesson.duo.noise_for_flip`), read back with ``argmax``.
+    """
+    s = duo.noise_for_flip(flip, vocab_size)  # the noise weight that flips `flip` of them
+    return duo.corrupt(x0_hat, s, vocab_size, generator=generator)  # argmax(c e + s z)
+
+
+def _binomial_z(count: float, n: int, p: float) -> float:
+    """How many standard deviations ``count`` lies from ``Binomial(n, p)``'s mean."""
+    sd = math.sqrt(max(n * p * (1 - p), 1e-12))
+    return (count - n * p) / sd
+
+
+@exercise("renoise", "09_duo_sampling", renoise)
+def _check_renoise(candidate, reference):
+    g = torch.Generator().manual_seed(9)
+    n = 30_000
+    for V, flip in ((3, 0.0), (3, 0.5), (7, 0.8), (50, 0.3)):
+        x0 = torch.randint(0, V, (2, n // 2), generator=g)  # (2, n/2)
+        xt = candidate(x0.clone(), flip, V, torch.Generator().manual_seed(V))
+        if xt is None:
+            raise AssertionError("renoise returned None: did you forget `return`?")
+        xt = torch.as_tensor(xt).long()
+        where = f"renoise(x0, flip={flip}, vocab_size={V})"
+        if xt.shape != x0.shape:
+            raise AssertionError(f"{where}: shape {tuple(xt.shape)}, expected "
+                                 f"{tuple(x0.shape)}")
+        if int(xt.min()) < 0 or int(xt.max()) >= V:
+            raise AssertionError(f"{where}: ids outside [0, {V})")
+        moved = xt != x0  # (2, n/2)
+        if flip == 0.0:
+            if bool(moved.any()):
+                raise AssertionError(f"{where}: flip=0 must keep every token")
+            continue
+        k = int(moved.sum())
+        z = _binomial_z(k, n, flip)
+        if abs(z) > 5:
+            raise AssertionError(
+                f"{where}: {k / n:.3f} of the tokens changed, expected {flip} "
+                f"({z:+.1f} standard deviations). A token that is 'replaced' must get a "
+                "different id: draw among the V - 1 others")
+        # replaced tokens: uniform over the V - 1 other ids. (xt - x0) mod V is then
+        # uniform over 1 .. V-1 whatever x0 is
+        shift = ((xt - x0) % V)[moved]  # (k,)
+        counts = torch.bincount(shift, minlength=V)[1:].double()  # (V - 1,)
+        for j, c in enumerate(counts.tolist(), start=1):
+            zj = _binomial_z(c, k, 1 / (V - 1))
+            if abs(zj) > 5:
+                raise AssertionError(
+                    f"{where}: replaced tokens are not uniform over the other ids "
+                    f"(offset {j}: {int(c)} of {k}, expected about {k / (V - 1):.0f})")
+        # and they must not depend on the position: first half vs second half of a row
+        half = x0.shape[1] // 2
+        a = float(moved[:, :half].double().mean())
+        b = float(moved[:, half:].double().mean())
+        if abs(a - b) > 6 * math.sqrt(flip * (1 - flip) / (n / 2)):
+            raise AssertionError(f"{where}: the first half of the positions changed "
+                                 f"{a:.3f}, the second half {b:.3f}; use one flip rate")

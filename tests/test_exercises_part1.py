@@ -1,0 +1,363 @@
+"""Part 1 exercises (notebooks 00-03): every check passes on its reference and on an
+independent, vectorised solution (often the library's own function), and fails
+(AssertionError) on plausible mistakes. The notebooks hold each stub and a commented
+``check`` call."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dllm_lesson import losses, noise
+from dllm_lesson.exercises import check, exercises, part1
+
+REPO = Path(__file__).resolve().parents[1]
+
+PART1 = {
+    "fill_order": "00_welcome",
+    "forward_passes": "00_welcome",
+    "bert_mask_rule": "01_bert_masking",
+    "masked_cross_entropy": "01_bert_masking",
+    "mask_probability": "02_llada_training",
+    "llada_loss_from_ce": "02_llada_training",
+    "sft_maskable": "02_llada_training",
+    "greedy_step": "03_greedy_decoding",
+    "greedy_decode": "03_greedy_decoding",
+}
+
+
+def run(name, fn):
+    """The checker of exercise ``name`` on ``fn`` (raises AssertionError if wrong)."""
+    ex = exercises()[name]
+    ex.checker(fn, ex.reference)
+
+
+def fails(name, fn):
+    with pytest.raises(AssertionError):
+        run(name, fn)
+
+
+def test_all_registered_with_their_notebooks():
+    reg = exercises()
+    for name, notebook in PART1.items():
+        assert name in reg, name
+        assert reg[name].notebook == notebook
+
+
+@pytest.mark.parametrize("name", sorted(PART1))
+def test_reference_passes(name, capsys):
+    assert check(name, exercises()[name].reference)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(PART1))
+def test_stub_is_reported_not_solved(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    assert check(name, stub) is False
+    assert "not solved" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(PART1))
+def test_notebook_has_stub_and_commented_check(name):
+    """The notebook defines the stub (raising NotImplementedError) and leaves the check
+    commented, so it runs green while unsolved."""
+    path = REPO / "notebooks" / f"{PART1[name]}.ipynb"
+    if not path.exists():
+        pytest.skip(f"{path.name} not written yet")
+    code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                     if c["cell_type"] == "code")
+    assert f"def {name}(" in code
+    assert f'# check("{name}", {name})' in code
+    assert f'\ncheck("{name}"' not in code
+
+
+# -- 00_welcome --------------------------------------------------------------------------
+def test_fill_order():
+    def vectorised(steps):
+        order = torch.zeros(len(steps[0].tokens), dtype=torch.long)
+        for s in steps:
+            order[torch.tensor(s.changed, dtype=torch.long)] = s.step
+        return order
+
+    run("fill_order", vectorised)
+    fails("fill_order", lambda steps: [o - 1 if o else 0 for o in
+                                       part1.fill_order_reference(steps)])  # 0-based
+    # the positions in the order they were filled (the inverse permutation)
+    fails("fill_order", lambda steps: [p for s in steps for p in s.changed])
+
+
+def test_fill_order_matches_the_library_plot():
+    """viz's decode-order plot reads the same thing from real records."""
+    from dllm_lesson import viz
+
+    steps = part1._random_greedy_steps(random.Random(3), 12, per_step=2)
+    assert viz._commit_steps(steps).tolist() == part1.fill_order_reference(steps)
+
+
+def test_forward_passes():
+    run("forward_passes", lambda n, k: math.ceil(n / k))
+    run("forward_passes", lambda n, k: -(-n // k))
+    fails("forward_passes", lambda n, k: n // k)                    # forgets the rest
+    fails("forward_passes", lambda n, k: n // k + 1)                # one too many
+
+
+# -- 01_bert_masking ---------------------------------------------------------------------
+def vectorised_bert_rule(x0, picked, action, random_tok, mask_id):
+    xt = torch.where(picked & (action < 0.8), torch.full_like(x0, mask_id), x0)
+    swap = picked & (action >= 0.8) & (action < 0.9)
+    xt = torch.where(swap, random_tok, xt)
+    labels = torch.where(picked, x0, torch.full_like(x0, -100))
+    return xt, labels
+
+
+def test_bert_mask_rule():
+    run("bert_mask_rule", vectorised_bert_rule)
+
+    def no_keep(x0, picked, action, random_tok, mask_id):          # 80/20, no "keep"
+        xt, labels = vectorised_bert_rule(x0, picked, action, random_tok, mask_id)
+        return torch.where(picked & (action >= 0.8), random_tok, xt), labels
+
+    def labels_everywhere(x0, picked, action, random_tok, mask_id):
+        xt, _ = vectorised_bert_rule(x0, picked, action, random_tok, mask_id)
+        return xt, x0.clone()
+
+    def only_masks_labelled(x0, picked, action, random_tok, mask_id):
+        xt, labels = vectorised_bert_rule(x0, picked, action, random_tok, mask_id)
+        return xt, torch.where(xt == mask_id, x0, torch.full_like(x0, -100))
+
+    for wrong in (no_keep, labels_everywhere, only_masks_labelled):
+        fails("bert_mask_rule", wrong)
+
+
+def test_library_bert_mask_follows_the_rule():
+    """noise.bert_mask draws (u, action, random pick) in that order: replaying the draws
+    through the exercise's rule gives the library's output exactly."""
+    x0 = torch.randint(5, 60, (4, 50), generator=torch.Generator().manual_seed(0))
+    maskable = torch.ones_like(x0, dtype=torch.bool)
+    maskable[:, 0] = False
+    xt, labels = noise.bert_mask(x0, maskable, 4, 60, mask_prob=0.3,
+                                 generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    picked = (torch.rand(x0.shape, generator=g) < 0.3) & maskable
+    action = torch.rand(x0.shape, generator=g)
+    random_tok = torch.randint(60, x0.shape, generator=g)
+    xt_ref, lab_ref = part1.bert_mask_rule_reference(x0, picked, action, random_tok, 4)
+    assert torch.equal(xt, xt_ref) and torch.equal(labels, lab_ref)
+
+
+def test_masked_cross_entropy():
+    run("masked_cross_entropy", losses.mlm_loss)                    # the library's loss
+    run("masked_cross_entropy", lambda lg, y: F.cross_entropy(
+        lg.reshape(-1, lg.shape[-1]), y.reshape(-1), ignore_index=-100))
+
+    def all_positions(logits, labels):                              # scores every token
+        y = torch.where(labels == -100, torch.zeros_like(labels), labels)
+        return F.cross_entropy(logits.transpose(1, 2), y)
+
+    def summed(logits, labels):
+        return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                               reduction="sum")
+
+    def mean_over_all(logits, labels):                              # divides by B * L
+        return summed(logits, labels) / labels.numel()
+
+    for wrong in (all_positions, summed, mean_over_all):
+        fails("masked_cross_entropy", wrong)
+
+
+# -- 02_llada_training -------------------------------------------------------------------
+def test_mask_probability():
+    run("mask_probability", noise.mask_probability)
+    fails("mask_probability", lambda t, eps: t + eps)               # can exceed 1
+    fails("mask_probability", lambda t, eps: (1 - eps) * t)         # can be 0
+    fails("mask_probability", lambda t, eps: t.clamp(min=eps))
+
+
+def test_llada_loss_from_ce_matches_library():
+    """The exercise's loss equals losses.llada_loss once the cross-entropy is computed."""
+    g = torch.Generator().manual_seed(0)
+    B, L, V = 3, 10, 13
+    logits = torch.randn(B, L, V, generator=g)
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    maskable = torch.rand(B, L, generator=g) < 0.8
+    xt, masked, p_mask = noise.llada_mask(x0, maskable, 4, generator=g)
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")   # (B, L)
+    for inverse_t in (True, False):
+        ours = part1.llada_loss_from_ce_reference(
+            ce, masked, p_mask if inverse_t else torch.ones_like(p_mask), maskable)
+        lib = losses.llada_loss(logits, x0, masked, p_mask, maskable, inverse_t=inverse_t)
+        assert abs(float(ours) - float(lib)) < 1e-5
+
+
+def test_llada_loss_from_ce():
+    def vectorised(ce, masked, p_mask, maskable):
+        w = masked.float() / p_mask                                  # (B, L)
+        return ((ce * w).sum(1) / maskable.sum(1).clamp(min=1)).mean()
+
+    run("llada_loss_from_ce", vectorised)
+
+    def no_inverse_t(ce, masked, p_mask, maskable):
+        return vectorised(ce, masked, torch.ones_like(p_mask), maskable)
+
+    def per_masked_token(ce, masked, p_mask, maskable):              # divides by #masked
+        return vectorised(ce, masked, p_mask, masked)
+
+    def times_p(ce, masked, p_mask, maskable):
+        return ((ce * masked * p_mask).sum(1) / maskable.sum(1)).mean()
+
+    def flat_mean(ce, masked, p_mask, maskable):                     # pools the rows
+        return (ce * masked / p_mask).sum() / maskable.sum()
+
+    for wrong in (no_inverse_t, per_masked_token, times_p, flat_mean):
+        fails("llada_loss_from_ce", wrong)
+
+
+def test_sft_maskable():
+    def vectorised(assistant_mask, lengths):
+        pos = torch.arange(assistant_mask.shape[1])[None]            # (1, L)
+        return assistant_mask.bool() | (pos >= lengths[:, None])
+
+    run("sft_maskable", vectorised)
+    fails("sft_maskable", lambda am, lengths: am.bool())             # never learns to stop
+
+    def whole_row(am, lengths):                                      # prompt masked too
+        return torch.ones_like(am, dtype=torch.bool)
+
+    def after_prompt(am, lengths):                                   # forgets the filler
+        out = am.bool().clone()
+        out[:, -1] = True
+        return out
+
+    for wrong in (whole_row, after_prompt):
+        fails("sft_maskable", wrong)
+
+
+def test_sft_maskable_matches_training_batches():
+    """The loss mask of a real SFT batch (training.Batches with [SEP] filler) is what
+    the exercise describes."""
+    from transformers import AutoTokenizer
+
+    from dllm_lesson.data import build_corpus
+    from dllm_lesson.training import Batches, encode_chat
+
+    tok = AutoTokenizer.from_pretrained(REPO / "dllm_lesson" / "checkpoints" / "tiny-dllm")
+    examples = build_corpus(0).sft[::500][:6]                        # several tasks
+    rows = [encode_chat(tok, ex.to_row()["messages"], 512) for ex in examples]
+    assert None not in rows
+    batch = Batches(rows, 6, tok.pad_token_id, tok.sep_token_id, 8, 512, seed=0).next()
+    ids, lm = batch["input_ids"], batch["loss_mask"]                 # (B, L)
+    B, L = ids.shape
+    # rebuild each row's assistant mask and chat length from the rows themselves
+    by_ids = {tuple(r[0]): r for r in rows}
+    assistant = torch.zeros(B, L, dtype=torch.long)
+    lengths = torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        row = next(r for k, r in by_ids.items() if ids[b, :len(k)].tolist() == list(k))
+        lengths[b] = len(row[0])
+        assistant[b, :len(row[1])] = torch.tensor(row[1])
+        assert (ids[b, len(row[0]):] == tok.sep_token_id).all()     # filler is [SEP]
+    assert torch.equal(lm, part1.sft_maskable_reference(assistant, lengths))
+
+
+# -- 03_greedy_decoding ------------------------------------------------------------------
+def vectorised_greedy_step(probs, is_masked):
+    conf, tok = probs.max(dim=-1)                                    # (L,)
+    conf = conf.masked_fill(~is_masked, -1.0)
+    pos = int(conf.argmax())
+    return pos, int(tok[pos])
+
+
+def test_greedy_step():
+    run("greedy_step", vectorised_greedy_step)
+
+    def ignores_mask(probs, is_masked):
+        conf, tok = probs.max(dim=-1)
+        return int(conf.argmax()), int(tok[conf.argmax()])
+
+    def least_confident(probs, is_masked):
+        conf, tok = probs.max(dim=-1)
+        pos = int(conf.masked_fill(~is_masked, 2.0).argmin())
+        return pos, int(tok[pos])
+
+    def left_to_right(probs, is_masked):
+        pos = int(is_masked.nonzero()[0, 0])
+        return pos, int(probs[pos].argmax())
+
+    for wrong in (ignores_mask, least_confident, left_to_right):
+        fails("greedy_step", wrong)
+
+
+def test_greedy_decode():
+    def loop(predict, x, mask_id):
+        x, order = x.clone(), []
+        while (x == mask_id).any():
+            pos, tok = vectorised_greedy_step(predict(x), x == mask_id)
+            x[pos] = tok
+            order.append(pos)
+        return x, order
+
+    run("greedy_decode", loop)
+
+    def predict_once(predict, x, mask_id):                           # no re-prediction
+        x, order = x.clone(), []
+        probs = predict(x)
+        while (x == mask_id).any():
+            pos, tok = vectorised_greedy_step(probs, x == mask_id)
+            x[pos] = tok
+            order.append(pos)
+        return x, order
+
+    def all_at_once(predict, x, mask_id):                            # one pass fills all
+        x = x.clone()
+        masked = x == mask_id
+        probs = predict(x)
+        conf, tok = probs.max(-1)
+        order = sorted(masked.nonzero()[:, 0].tolist(), key=lambda i: -float(conf[i]))
+        x[masked] = tok[masked]
+        return x, order
+
+    def left_to_right(predict, x, mask_id):
+        x, order = x.clone(), []
+        while (x == mask_id).any():
+            pos = int((x == mask_id).nonzero()[0, 0])
+            x[pos] = int(predict(x)[pos].argmax())
+            order.append(pos)
+        return x, order
+
+    for wrong in (predict_once, all_at_once, left_to_right):
+        fails("greedy_decode", wrong)
+
+
+def test_greedy_decode_reference_is_the_library_greedy():
+    """On a real (random, tiny) ModernBERT, the reference loop commits the same tokens in
+    the same order as the library's greedy strategy."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    path = REPO / "dllm_lesson" / "checkpoints" / "tiny-dllm"
+    if not (path / "model.safetensors").exists():
+        pytest.skip("shipped tiny-dllm missing")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path).eval()
+    prompt, A = "Which colour is grass?", 10
+    ids, a0 = build_sequence(tok, prompt, A)
+
+    @torch.no_grad()
+    def predict(x):
+        probs = torch.softmax(model(input_ids=x[None]).logits[0], -1)  # (L, V)
+        probs[:, tok.mask_token_id] = 0.0                              # as the engine
+        return probs
+
+    tokens, order = part1.greedy_decode_reference(predict, ids[0], tok.mask_token_id)
+    steps = list(decode_steps(model, tok, prompt, answer_length=A, strategy="greedy"))
+    assert order == [s.changed[0] + a0 for s in steps]
+    assert tokens[a0:a0 + A] == steps[-1].tokens

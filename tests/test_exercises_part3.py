@@ -1,0 +1,159 @@
+"""Part 3 exercises (Duo, notebooks 06-09): every check passes on its reference and on an
+independent, written-out solution, and fails (AssertionError) on plausible mistakes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dllm_lesson.exercises import check, exercises
+
+PART3 = ("flip_probability_v2", "corrupt_tokens", "tau_schedule", "soft_embedding",
+         "symmetric_kl", "row_scale", "renoise")
+
+
+def run(name, fn):
+    """The checker of exercise ``name`` on ``fn``."""
+    ex = exercises()[name]
+    ex.checker(fn, ex.reference)
+
+
+def test_all_registered_with_their_notebooks():
+    reg = exercises()
+    for name in PART3:
+        assert name in reg, name
+        assert reg[name].notebook[:2] in ("06", "07", "08", "09")
+
+
+@pytest.mark.parametrize("name", PART3)
+def test_reference_passes(name, capsys):
+    assert check(name, exercises()[name].reference)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", PART3)
+def test_stub_is_reported_not_solved(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    assert check(name, stub) is False
+    assert "not solved" in capsys.readouterr().out
+
+
+# -- independent solutions (written out, not calling the library) ------------------------
+
+
+def flip_v2_written(s):
+    s = torch.as_tensor(s, dtype=torch.float64)
+    x = -(1 - s) / (s * math.sqrt(2))
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))  # Phi(x)
+
+
+def corrupt_written(x0, s, V, generator):
+    B, L = x0.shape
+    z = torch.randn(B, L, V, generator=generator)
+    w = (1 - s) * F.one_hot(x0, V).float() + s * z
+    return w.argmax(-1)
+
+
+def tau_written(step, total, start, end):
+    frac = min(step, total) / total
+    return start * (end / start) ** frac
+
+
+def soft_written(w, tau, E):
+    return torch.softmax(w / tau, dim=-1) @ E
+
+
+def sym_kl_written(logits, x0, eps=1e-4):
+    V = logits.shape[-1]
+    p = torch.softmax(logits.double(), -1)
+    q = (1 - eps) * F.one_hot(x0, V).double() + eps / V
+    kl_qp = (q * (q.log() - p.log())).sum(-1)
+    kl_pq = (p * (p.log() - q.log())).sum(-1)
+    return kl_qp + kl_pq
+
+
+def row_scale_written(s, V):
+    s = torch.as_tensor(s, dtype=torch.float64)
+    return s / (V * (1 - s) + s)
+
+
+def renoise_written(x0, flip, V, generator):
+    u = torch.rand(x0.shape, generator=generator)
+    offset = torch.randint(1, V, x0.shape, generator=generator)  # 1 .. V-1
+    return torch.where(u < flip, (x0 + offset) % V, x0)
+
+
+WRITTEN = {"flip_probability_v2": flip_v2_written, "corrupt_tokens": corrupt_written,
+           "tau_schedule": tau_written, "soft_embedding": soft_written,
+           "symmetric_kl": sym_kl_written, "row_scale": row_scale_written,
+           "renoise": renoise_written}
+
+
+@pytest.mark.parametrize("name", PART3)
+def test_written_solution_passes(name):
+    run(name, WRITTEN[name])
+
+
+# -- plausible mistakes -----------------------------------------------------------------
+
+
+def _uniform_over_all(x0, flip, V, generator):
+    """Replace with prob flip by any id, itself included (keeps too many)."""
+    u = torch.rand(x0.shape, generator=generator)
+    return torch.where(u < flip, torch.randint(0, V, x0.shape, generator=generator), x0)
+
+
+def _flip_as_noise_weight(x0, flip, V, generator):
+    """Uses the flip probability as the Gaussian noise weight."""
+    from dllm_lesson import duo
+
+    return duo.corrupt(x0, flip, V, generator=generator)
+
+
+def _renoise_biased(x0, flip, V, generator):
+    """Replaced tokens always move to the next id."""
+    u = torch.rand(x0.shape, generator=generator)
+    return torch.where(u < flip, (x0 + 1) % V, x0)
+
+
+WRONG = [
+    ("flip_probability_v2", lambda s: torch.special.ndtr(-(1 - s) / s)),   # no sqrt 2
+    ("flip_probability_v2", lambda s: torch.special.ndtr(-s / ((1 - s) * math.sqrt(2)))),
+    ("corrupt_tokens", lambda x0, s, V, g: (F.one_hot(x0, V).float()
+                                            + s * torch.randn(*x0.shape, V, generator=g)
+                                            ).argmax(-1)),              # clean weight 1
+    ("corrupt_tokens", lambda x0, s, V, g: (1 - s) * x0),               # not an argmax
+    ("tau_schedule", lambda step, total, a, b: a + min(step / total, 1) * (b - a)),  # lin
+    ("tau_schedule", lambda step, total, a, b: a * (b / a) ** (step / total)),  # no clamp
+    ("soft_embedding", lambda w, tau, E: torch.softmax(w * tau, -1) @ E),
+    ("soft_embedding", lambda w, tau, E: F.one_hot(w.argmax(-1), w.shape[-1]).float() @ E),
+    ("symmetric_kl", lambda logits, x0, eps: F.cross_entropy(
+        logits.transpose(1, 2), x0, reduction="none")),                   # CE only
+    ("symmetric_kl", lambda logits, x0, eps: 2 * F.cross_entropy(
+        logits.transpose(1, 2), x0, reduction="none")),
+    ("row_scale", lambda s, V: s / (V * (1 - s))),                      # inf at s = 1
+    ("row_scale", lambda s, V: 1 - s / (V * (1 - s) + s)),              # the seed's comment
+    ("renoise", _uniform_over_all),
+    ("renoise", _flip_as_noise_weight),
+    ("renoise", _renoise_biased),
+    ("renoise", lambda x0, flip, V, g: x0),                            # never changes
+]
+
+
+@pytest.mark.parametrize("name, fn", WRONG, ids=[f"{n}-{i}" for i, (n, _) in
+                                                  enumerate(WRONG)])
+def test_wrong_solution_fails(name, fn):
+    with pytest.raises(AssertionError):
+        run(name, fn)
+
+
+def test_none_return_is_a_clear_failure():
+    with pytest.raises(AssertionError, match="return"):
+        run("corrupt_tokens", lambda *a: None)
+    with pytest.raises(AssertionError, match="return"):
+        run("row_scale", lambda *a: None)
