@@ -22,6 +22,20 @@ def score_answer(answer: str, keys=(), reference: str | None = None) -> bool:
     return all(answer.count(k) >= n for k, n in Counter(keys).items())
 
 
+def fact_score(answer: str, keys) -> float:
+    """Partial credit for long answers: the fraction of the expected facts (``keys``,
+    counted with multiplicity) that the answer states. A list of ten countries with one
+    wrong capital scores 29/30 where :func:`score_answer` says simply "wrong".
+    Taught in ``05_remasking_and_parallel_decoding``.
+    """
+    from collections import Counter
+
+    need = Counter(keys)
+    if not need:
+        raise ValueError("fact_score needs at least one key")
+    return sum(min(answer.count(k), n) for k, n in need.items()) / sum(need.values())
+
+
 SHORT_TASKS = ("capital", "continent", "language", "country_of_capital", "legs", "sound",
                "colour")
 #: answer area per task: room for the answer and a tail the model must fill with [SEP]
@@ -96,37 +110,47 @@ def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_r
     return out
 
 
-def eval_table(models=("tiny-bert", "tiny-dllm"), strategy="greedy", limit=None,
+def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
                ratios=(0.15, 0.3, 0.5, 0.7, 0.9), **options) -> dict:
-    """The numbers ``python -m dllm_lesson eval`` prints, as a dict per model."""
+    """The numbers ``python -m dllm_lesson eval`` prints, as a dict per model.
+
+    ``strategy=None`` decodes Duo models (a name containing "duo") with the uniform-state
+    sampler at 32 steps and every other model with the seed's greedy decoding.
+    """
     from .models import load_model
 
     results = {}
     for name in models:
-        model, tok = load_model(name, device="cpu")
-        res = {"mask_ratio": mask_ratio_accuracy(model, tok, ratios)}
+        model, tok = load_model(name, device="cpu", backend="lesson")
+        res = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tok, ratios)}
+        is_duo = "duo" in str(name)
+        strat = strategy or ("duo" if is_duo else "greedy")
+        opts = dict(options)
+        if strat == "duo":
+            opts.setdefault("steps", 32)
         if name != "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
             for split in ("heldout_entities", "heldout_phrasings"):
                 ev = evaluate_answers(model, tok, held_out_examples(split, limit=limit),
-                                      strategy=strategy, **options)
-                res[split] = {k: v for k, v in ev.items() if k != "rows"}
+                                      strategy=strat, **opts)
+                res[f"{split}_{strat}"] = {k: v for k, v in ev.items() if k != "rows"}
         results[name] = res
     return results
 
 
 def format_table(results: dict) -> str:
     lines = []
-    ratios = sorted({r for res in results.values() for r in res["mask_ratio"]})
+    ratios = sorted({r for res in results.values() for r in res["mask_ratio_token_accuracy"]})
     lines.append("Token accuracy of one forward pass, by mask ratio")
     lines.append(f"{'model':<12}" + "".join(f"{r:>8.2f}" for r in ratios))
     for name, res in results.items():
-        lines.append(f"{name:<12}" + "".join(f"{res['mask_ratio'][r]:>8.3f}" for r in ratios))
-    for split in ("heldout_entities", "heldout_phrasings"):
-        for name, res in results.items():
-            if split not in res:
+        acc = res["mask_ratio_token_accuracy"]
+        lines.append(f"{name:<12}" + "".join(f"{acc[r]:>8.3f}" for r in ratios))
+    for name, res in results.items():
+        for key, ev in res.items():
+            if key == "mask_ratio_token_accuracy":
                 continue
-            ev = res[split]
-            lines.append(f"\n{name} on {split}: accuracy {ev['accuracy']:.3f} (n={ev['n']})")
+            lines.append(f"\n{name}, {key}: exact-match accuracy {ev['accuracy']:.3f} "
+                         f"(n={ev['n']})")
             for task, a in ev["per_task"].items():
                 lines.append(f"  {task:<20}{a:>7.3f}")
     return "\n".join(lines)
@@ -137,17 +161,36 @@ def main_eval(argv=None):
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m dllm_lesson eval", description=main_eval.__doc__)
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m dllm_lesson eval",
+                                description=main_eval.__doc__)
     p.add_argument("--model", action="append", help="model name or path (repeatable); "
                    "default: tiny-bert and tiny-dllm")
-    p.add_argument("--strategy", default="greedy")
-    p.add_argument("--limit", type=int, default=None, help="evaluate a subsample")
+    p.add_argument("--strategy", default=None, help="decoding strategy (default: greedy, "
+                   "duo for Duo models)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (llada, duo)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a fixed subsample")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--update-card", action="store_true",
+                   help="write the results into each shipped model's card")
     args = p.parse_args(argv)
-    results = eval_table(tuple(args.model or ("tiny-bert", "tiny-dllm")), args.strategy,
-                         args.limit)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = {"steps": args.steps} if args.steps else {}
+    models = tuple(args.model or ("tiny-bert", "tiny-dllm"))
+    results = eval_table(models, args.strategy, args.limit, **opts)
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    if args.update_card:
+        from .build import update_card
+        from .models import model_path
+
+        cmd = "python -m dllm_lesson eval " + " ".join(argv or [])
+        for name, res in results.items():
+            update_card(model_path(name), res, f"Measured on CPU with `{cmd.strip()}` "
+                        "(exact-match accuracy on the held-out splits).")
     return results

@@ -13,15 +13,15 @@ A masked diffusion LM answers by filling a row of ``[MASK]`` tokens. Each step:
 Semi-autoregressive *blocks* restrict step 3 to one block of the answer at a time, left to
 right. Strategies only differ in these choices:
 
-============  ===============================  ==============================  ===========
-strategy      tokens committed per step        chosen by                       blocks
-============  ===============================  ==============================  ===========
-greedy        1 (the seed's ``iter_mask_decode``)  highest confidence          none
-llada         ``steps`` split over the blocks  confidence or random            yes
-threshold     every one with conf >= threshold  confidence (at least one)      yes
-remask        as llada; low ones re-masked     confidence                      yes
-duo           all positions re-predicted       (uniform-state, no masks)       none
-============  ===============================  ==============================  ===========
+=========  =====================================  ===================  ======
+strategy   tokens committed per step              chosen by            blocks
+=========  =====================================  ===================  ======
+greedy     1 (the seed's ``iter_mask_decode``)    highest confidence   no
+llada      ``steps`` split over the blocks        confidence / random  yes
+threshold  all with confidence >= ``threshold``   confidence           yes
+remask     as llada; low ones go back to [MASK]   confidence           yes
+duo        every position is predicted again      (no masks)           no
+=========  =====================================  ===================  ======
 
 :func:`decode_steps` yields one :class:`Step` record per step: the terminal animation
 (:func:`animate`), the notebook widgets, ``eval`` and ``bench`` all read these records.

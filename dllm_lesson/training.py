@@ -264,8 +264,12 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 # -- model -----------------------------------------------------------------------------
 def init_model(cfg: TrainConfig):
     """Build (model, tokenizer): from scratch with the course tokenizer, or from weights."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, ModernBertConfig
-    from transformers import ModernBertForMaskedLM
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        ModernBertConfig,
+        ModernBertForMaskedLM,
+    )
 
     from .tokenizer import build_tokenizer, ensure_chat_template
 
