@@ -16,6 +16,7 @@ command that rebuilds it). Taught in ``00_welcome`` and ``02_llada_training``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -59,8 +60,12 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
                       text_mix=0.25, seq_len=128, batch_size=16, lr=5e-4,
                       warmup_steps=n(20), max_steps=n(600), fill_max=48,
                       noise_min=0.1, noise_max=0.6,
-                      output_dir=str(work / "tiny-duo"), **common)
-    return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft], "tiny-duo": [duo]}
+                      output_dir=str(work / "tiny-duo-a"), **common)
+    # a second round at half the learning rate (76% -> see the card after the first)
+    duo_b = dataclasses.replace(duo, model=str(work / "tiny-duo-a"), lr=2.5e-4,
+                                output_dir=str(work / "tiny-duo"))
+    return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft],
+            "tiny-duo": [duo, duo_b]}
 
 
 def _device() -> str:

@@ -52,6 +52,7 @@ CACHES = (None, "prefix", "dual")
 REMASKING = ("low_confidence", "random")
 REMASK_CHECK = ("masked", "visible")
 CACHE_REFRESH = ("block", "step")
+RENOISE = ("random", "confidence")
 
 
 @dataclass
@@ -259,7 +260,8 @@ class _Duo:
     ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, and ``w_k = noise_for_flip(p_k, V')``.
     """
 
-    def __init__(self, allowed: torch.Tensor, steps: int):
+    def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random"):
+        self.renoise = renoise
         self.allowed = allowed                                       # (V,) bool
         self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
         self.steps = steps
@@ -289,6 +291,16 @@ class _Duo:
         self.previous = x0_hat.clone()
         if k >= self.steps - 1:                    # last step: the prediction itself
             new = x0_hat.clone()
+        elif self.renoise == "confidence":
+            # as many random tokens as the noise level implies (p_k * A), placed on the
+            # positions the model is least sure of rather than on random ones
+            n = round(self.flip(k) * len(x0_hat))
+            new = x0_hat.clone()
+            if n > 0:
+                weak = conf.argsort()[:n]                            # (n,)
+                pick = torch.randint(len(self.allowed_ids), (n,), generator=gen,
+                                     device=gen.device)
+                new[weak] = self.allowed_ids[pick.to(self.allowed_ids.device)]
         else:                                      # x_s = argmax(c e_x0_hat + s z)
             s = self.noise[k]                      # c = 1 - s
             new = duo.corrupt(x0_hat[None], s, len(self.allowed), generator=gen,
@@ -354,11 +366,13 @@ def _max_positions(model) -> int | None:
 
 def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_length,
            remasking, temperature, threshold, remask_threshold, max_remask, remask_check,
-           cache, cache_refresh):
+           cache, cache_refresh, renoise="random"):
     """Every ValueError a reader may trigger, each with what to do instead; returns the
     starting sequence ``(input_ids (1, L), answer_start)``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
+    if renoise not in RENOISE:
+        raise ValueError(f"unknown renoise {renoise!r}: choose one of {RENOISE}")
     if not isinstance(answer_length, int) or answer_length <= 0:
         raise ValueError(f"answer_length must be a positive integer, got {answer_length!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
@@ -438,7 +452,7 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
                  temperature: float = 0.0, threshold: float = 0.9,
                  remask_threshold: float = 0.9, max_remask: int = 2,
                  remask_extra_steps: int | None = None, remask_check: str = "visible",
-                 cache: str | None = None,
+                 renoise: str = "random", cache: str | None = None,
                  cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
     """Decode an answer step by step; yields one :class:`Step` per model step.
 
@@ -458,7 +472,10 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         threshold); ``"masked"`` from one extra pass per step in which every other
         committed token of the block is hidden and predicted again (NFE ~ 2 x steps).
         ``"duo"``: uniform-state sampler, ``steps`` (default 32), starting from random
-        tokens.
+        tokens. ``renoise="random"`` (Duo's): each step's prediction is re-noised to the
+        next level by the Gaussian-argmax corruption, so random positions become random
+        tokens; ``"confidence"``: the same number of random tokens go to the positions
+        the model is least sure of.
     temperature
         0: argmax. > 0: Gumbel-max sampling in float64 (:func:`add_gumbel_noise`).
     cache
@@ -475,7 +492,7 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
     ids, answer_start = _check(model, tokenizer, prompt, answer_length, strategy, steps,
                                block_length, remasking, temperature, threshold,
                                remask_threshold, max_remask, remask_check, cache,
-                               cache_refresh)
+                               cache_refresh, renoise)
     A = answer_length
     mask_id = tokenizer.mask_token_id
     device = next(model.parameters()).device
@@ -510,7 +527,7 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         allowed[[i for i in tokenizer.all_special_ids
                  if i != tokenizer.sep_token_id and i < vocab]] = False
         banned = (~allowed).nonzero()[:, 0]
-        policy = _Duo(allowed, planned[0])
+        policy = _Duo(allowed, planned[0], renoise)
     else:
         policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
                          remasking if strategy == "llada" else "low_confidence",

@@ -406,6 +406,33 @@ def test_duo_corrected_means_changed_after_two_stable_steps(tokenizer):
     assert records[-1].tokens == script[-1]
 
 
+def test_duo_confidence_renoise_puts_noise_on_the_least_sure(tokenizer):
+    """renoise="confidence": after step k, exactly round(flip(k) * A) positions differ
+    from the prediction, and they are the least confident ones."""
+    a, A, steps = 100, 8, 4
+    _, a0 = build_sequence(tokenizer, "hi", A)
+
+    class Graded(Scripted):
+        def forward(self, input_ids):
+            out = super().forward(input_ids)
+            for i in range(A):                          # position i: confidence grows with i
+                out.logits[0, a0 + i, a] = 1.0 + i
+            return out
+
+    model = Graded(len(tokenizer), [[a] * A] * steps, a0)
+    records = list(decode_steps(model, tokenizer, "hi", A, "duo", steps=steps,
+                                renoise="confidence", seed=3))
+    policy = sampling._Duo(torch.ones(len(tokenizer), dtype=torch.bool), steps)
+    for k, rec in enumerate(records[:-1]):
+        n = round(policy.flip(k) * A)
+        noisy = [i for i, t in enumerate(rec.tokens) if t != a]
+        assert set(noisy) <= set(range(n))              # only the n least sure positions
+        assert len(noisy) >= n - 1                      # (a random draw may hit `a`)
+    assert records[-1].tokens == [a] * A
+    with pytest.raises(ValueError, match="renoise"):
+        next(decode_steps(model, tokenizer, "hi", A, "duo", steps=steps, renoise="bad"))
+
+
 def test_duo_noise_schedule_flips_linearly(tokenizer):
     from dllm_lesson import duo
 
