@@ -349,6 +349,9 @@ def save_checkpoint(acc, cfg, step: int, data_state: dict):
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
+    import logging
+
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     acc.save_state(str(tmp))
     states = [None] * acc.num_processes
     if acc.num_processes > 1:
@@ -519,10 +522,19 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     bar.close()
     elapsed = time.time() - t0
     if acc.is_main_process:
+        import logging
+
+        from transformers.utils import logging as hf_logging
+
         unwrapped = acc.unwrap_model(model)
+        # quiet: no shard-writing bar, no "removed shared tensor" note (the decoder is
+        # tied to the embeddings on purpose)
+        hf_logging.disable_progress_bar()
+        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
         unwrapped.save_pretrained(str(out), state_dict=acc.get_state_dict(model),
                                   safe_serialization=True)
         tokenizer.save_pretrained(str(out))
+        hf_logging.enable_progress_bar()
     acc.wait_for_everyone()
     model = acc.unwrap_model(model)
     model.eval()
