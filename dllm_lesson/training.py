@@ -529,12 +529,14 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
         unwrapped = acc.unwrap_model(model)
         # quiet: no shard-writing bar, no "removed shared tensor" note (the decoder is
         # tied to the embeddings on purpose)
+        bars_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
         unwrapped.save_pretrained(str(out), state_dict=acc.get_state_dict(model),
                                   safe_serialization=True)
         tokenizer.save_pretrained(str(out))
-        hf_logging.enable_progress_bar()
+        if bars_on:                          # leave the reader's setting as it was
+            hf_logging.enable_progress_bar()
     acc.wait_for_everyone()
     model = acc.unwrap_model(model)
     model.eval()
