@@ -32,6 +32,7 @@ import torch
 
 from .sampling import answer_text, decode_steps
 
+DUO_STEPS = (8, 16, 32)
 KEYS = ("strategy", "answer_length", "nfe", "tokens_per_nfe", "seconds",
         "speedup_vs_greedy", "accuracy", "exact")
 
@@ -61,8 +62,13 @@ def bench_strategies(answer_length: int, block_length: int = 32,
         (f"remask steps={half} block={b}", dict(strategy="remask", steps=half,
                                                 block_length=b)),
     ]
-    if duo:
-        rows += [(f"duo steps={s}", dict(strategy="duo", steps=s)) for s in (8, 16, 32)]
+    if duo:  # Duo's sampler at 8/16/32 steps, and masked diffusion at the same NFE
+        names = {n for n, _ in rows}
+        for s in DUO_STEPS:
+            name = f"llada steps={s} block={b}"
+            if name not in names and n_blocks <= s <= L:
+                rows.append((name, dict(strategy="llada", steps=s, block_length=b)))
+        rows += [(f"duo steps={s}", dict(strategy="duo", steps=s)) for s in DUO_STEPS]
     return rows
 
 
@@ -112,14 +118,17 @@ def run_bench(model_name: str = "tiny-dllm", lengths=(64, 256), repeats: int = 3
               n_prompts: int = 8, json_path: str | Path | None = None, *,
               duo: bool | None = None, block_length: int = 32, device: str | None = None,
               threads: int | None = None, model=None, tokenizer=None,
-              verbose: bool = False) -> list[dict]:
+              duo_model: str | None = None, verbose: bool = False) -> list[dict]:
     """Decode held-out prompts with every strategy; one dict per (strategy, length).
 
     Rows have the keys ``strategy, answer_length, nfe, tokens_per_nfe, seconds,
     speedup_vs_greedy, accuracy`` (``json_path``: also written there as a JSON list).
     The model is loaded with ``backend="lesson"`` (the cache rows need it), so every row
     runs on the same weights and code. ``duo=None`` adds the duo rows when the model's
-    name contains "duo". ``threads`` sets ``torch.set_num_threads`` (default: torch's).
+    name contains "duo"; with them come LLaDA rows at the same step counts (equal forward
+    passes). ``duo_model`` (a name or path; implies ``duo``) runs the duo rows on another
+    model, e.g. masked rows on tiny-dllm beside duo rows on tiny-duo; those rows' names end
+    in ``[duo_model]``. ``threads`` sets ``torch.set_num_threads`` (default: torch's).
     Taught in ``04_block_generation_and_kv_cache``.
     """
     if threads is not None:
@@ -133,14 +142,22 @@ def run_bench(model_name: str = "tiny-dllm", lengths=(64, 256), repeats: int = 3
     if tokenizer is None:
         raise ValueError(f"{model_name} has no tokenizer: the bench needs one")
     if duo is None:
-        duo = "duo" in Path(str(model_name)).name
+        duo = duo_model is not None or "duo" in Path(str(model_name)).name
+    duo_pair, suffix = (model, tokenizer), ""
+    if duo and duo_model is not None:
+        from .models import load_model
+
+        duo_pair = load_model(duo_model, device=device, backend="lesson")
+        suffix = f" [{Path(str(duo_model)).name}]"
     rows = []
     for L in lengths:
         prompts = bench_prompts(tokenizer, L, n_prompts)
         greedy_seconds = None
         for name, options in bench_strategies(L, block_length, duo):
-            nfe, seconds, accuracy, exact = _run_row(model, tokenizer, prompts, L,
-                                                     options, repeats)
+            m, t = duo_pair if options["strategy"] == "duo" else (model, tokenizer)
+            if options["strategy"] == "duo":
+                name += suffix
+            nfe, seconds, accuracy, exact = _run_row(m, t, prompts, L, options, repeats)
             if greedy_seconds is None:
                 greedy_seconds = seconds          # the first row is greedy
             row = dict(strategy=name, answer_length=L, nfe=nfe, tokens_per_nfe=L / nfe,
@@ -187,7 +204,11 @@ def main_bench(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per length")
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--duo", action=argparse.BooleanOptionalAction, default=None,
-                   help="add the duo sampler rows (default: when the name has 'duo')")
+                   help="add the duo sampler rows at 8/16/32 steps and LLaDA rows at the same "
+                   "forward passes (default: when the name has 'duo')")
+    p.add_argument("--duo-model", default=None,
+                   help="run the duo rows on this model (e.g. tiny-duo beside --model "
+                   "tiny-dllm); implies --duo")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default=None)
@@ -199,7 +220,7 @@ def main_bench(argv=None) -> int:
     try:
         run_bench(args.model, args.lengths, args.repeats, args.prompts, args.json,
                   duo=args.duo, block_length=args.block_length, device=args.device,
-                  threads=args.threads, verbose=True)
+                  threads=args.threads, duo_model=args.duo_model, verbose=True)
     except ValueError as e:
         p.error(str(e))
     return 0

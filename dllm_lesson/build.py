@@ -7,8 +7,10 @@ The recipe, with fixed seeds, through the one training core (:func:`training.tra
 2. ``tiny-dllm``: tiny-bert continued with LLaDA's variable masking on the plain text, then
    SFT with response-only variable masking (answers followed by ``[SEP]`` filler, so the
    model learns to stop), with a share of plain-text steps mixed in;
-3. ``tiny-duo``: tiny-bert fine-tuned with the Duo objective (Gaussian noise on one-hot
-   tokens, soft tokens with tau annealing, per-row scaled symmetric KL) on the same chat data.
+3. ``tiny-duo``: tiny-dllm fine-tuned with the Duo objective (Gaussian noise on one-hot
+   tokens, soft tokens with tau annealing, per-row scaled symmetric KL) on the same chat
+   data, in two rounds. (From tiny-bert, as the seed does, 1500 GPU steps gave a model
+   that ignored the prompt: 2% held-out accuracy.)
 
 Each shipped folder gets a model card (data, steps, wall time, measured metrics, the
 command that rebuilds it). Taught in ``00_welcome`` and ``02_llada_training``.
@@ -129,8 +131,9 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
                  dest=None, scale: float = 1.0, eval_limit: int | None = 400,
                  reuse: bool = False) -> dict:
     """Train the shipped models from scratch and copy them (with model cards) to ``dest``
-    (default: the package's checkpoints folder). With ``reuse``, a stage whose finished
-    output is already in ``work_dir`` is loaded instead of retrained."""
+    (default: the package's checkpoints folder). With ``reuse``, the last stage whose
+    finished output is already in ``work_dir`` is loaded instead of retrained, and the
+    stages before it are skipped."""
     from . import models as shipped
 
     work = Path(work_dir)
@@ -150,8 +153,17 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
         if reuse and name not in names and (final / "model.safetensors").exists():
             print(f"reusing {final}", flush=True)   # a finished base model
             continue
-        for cfg in plan[name]:
+        # with reuse, start after the last stage whose output is already there
+        first = 0
+        if reuse:
+            for i, cfg in enumerate(plan[name]):
+                if (Path(cfg.output_dir) / "model.safetensors").exists():
+                    first = i
+        for i, cfg in enumerate(plan[name]):
             done_dir = Path(cfg.output_dir)
+            if i < first:
+                runs.append(None)
+                continue
             if reuse and (done_dir / "model.safetensors").exists():
                 from transformers import AutoModelForMaskedLM, AutoTokenizer
 

@@ -60,24 +60,40 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
 
 
 def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
-                     answer_length: int | None = None, **options) -> dict:
-    """Generate an answer for each example and score it. Returns accuracy overall and per
-    task, and the rows ``(example, answer, correct)``."""
+                     answer_length: int | None = None, progress: bool = True,
+                     **options) -> dict:
+    """Generate an answer for each example and score it.
+
+    Returns ``accuracy`` overall and ``per_task``, ``n``, ``mean_nfe`` (forward passes per
+    answer), ``corrections_per_answer`` and ``answers_with_correction`` (self-corrections:
+    positions of the final answer text whose token changed after it had looked final, as
+    the ``remask`` and ``duo`` strategies mark them; 0 for the others) and the rows
+    ``(example, answer, correct)``. ``progress=False`` hides the bar.
+    """
     from tqdm.auto import tqdm
 
-    from .sampling import generate
+    from .sampling import answer_text, decode_steps
 
-    rows, per_task = [], {}
-    for ex in tqdm(examples, desc=f"eval {strategy}", leave=False):
+    stops = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
+    rows, per_task, nfes, fixes = [], {}, [], []
+    for ex in tqdm(examples, desc=f"eval {strategy}", leave=False, disable=not progress):
         L = answer_length or ANSWER_LENGTH.get(ex.task, DEFAULT_ANSWER_LENGTH)
-        answer = generate(model, tokenizer, ex.prompt, answer_length=L, strategy=strategy,
-                          **options)
+        corrected, last = set(), None
+        for last in decode_steps(model, tokenizer, ex.prompt, L, strategy, **options):
+            corrected.update(last.corrected)
+        answer = answer_text(tokenizer, last.tokens)
+        end = next((i for i, t in enumerate(last.tokens) if t in stops), L)
         ok = score_answer(answer, ex.keys, ex.answer)
         rows.append((ex, answer, ok))
         per_task.setdefault(ex.task, []).append(ok)
-    acc = sum(ok for *_, ok in rows) / max(1, len(rows))
-    return {"accuracy": acc, "n": len(rows),
+        nfes.append(last.nfe)
+        fixes.append(sum(1 for i in corrected if i < end))  # inside the answer text
+    n = max(1, len(rows))
+    return {"accuracy": sum(ok for *_, ok in rows) / n, "n": len(rows),
             "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+            "mean_nfe": sum(nfes) / n,
+            "corrections_per_answer": sum(fixes) / n,
+            "answers_with_correction": sum(f > 0 for f in fixes) / n,
             "rows": rows}
 
 
@@ -111,28 +127,43 @@ def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_r
 
 
 def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
-               ratios=(0.15, 0.3, 0.5, 0.7, 0.9), **options) -> dict:
+               ratios=(0.15, 0.3, 0.5, 0.7, 0.9), steps=None, progress: bool = True,
+               **options) -> dict:
     """The numbers ``python -m dllm_lesson eval`` prints, as a dict per model.
 
-    ``strategy=None`` decodes Duo models (a name containing "duo") with the uniform-state
-    sampler at 32 steps and every other model with the seed's greedy decoding.
+    ``strategy=None`` picks each model's own sampler: Duo models (a name containing "duo")
+    the uniform-state sampler (32 steps unless ``steps`` says), masked models the seed's
+    greedy decoding, or LLaDA's sampler (one block, low-confidence) when ``steps`` is
+    given. ``steps``: an int or a list of them, one row per value, so that masked and Duo
+    models can be compared at equal forward passes (``--steps 8 16 32``).
     """
     from .models import load_model
 
+    if steps is None or isinstance(steps, int):
+        steps = [steps]
+    for k in steps:
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise ValueError(f"steps must be positive integers, got {k!r}")
     results = {}
     for name in models:
         model, tok = load_model(name, device="cpu", backend="lesson")
         res = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tok, ratios)}
         is_duo = "duo" in str(name)
-        strat = strategy or ("duo" if is_duo else "greedy")
-        opts = dict(options)
-        if strat == "duo":
-            opts.setdefault("steps", 32)
-        if name != "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
+        if name == "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
+            results[name] = res
+            continue
+        for k in steps:
+            strat = strategy or ("duo" if is_duo else "llada" if k else "greedy")
+            opts = dict(options)
+            if k is not None:
+                opts["steps"] = k
+            elif strat == "duo":
+                opts["steps"] = 32
+            label = strat + (f"_{opts['steps']}steps" if "steps" in opts else "")
             for split in ("heldout_entities", "heldout_phrasings"):
                 ev = evaluate_answers(model, tok, held_out_examples(split, limit=limit),
-                                      strategy=strat, **opts)
-                res[f"{split}_{strat}"] = {k: v for k, v in ev.items() if k != "rows"}
+                                      strategy=strat, progress=progress, **opts)
+                res[f"{split}_{label}"] = {k2: v for k2, v in ev.items() if k2 != "rows"}
         results[name] = res
     return results
 
@@ -150,7 +181,9 @@ def format_table(results: dict) -> str:
             if key == "mask_ratio_token_accuracy":
                 continue
             lines.append(f"\n{name}, {key}: exact-match accuracy {ev['accuracy']:.3f} "
-                         f"(n={ev['n']})")
+                         f"(n={ev['n']}, {ev['mean_nfe']:.1f} forward passes per answer, "
+                         f"{ev['corrections_per_answer']:.2f} self-corrections per answer, "
+                         f"{ev['answers_with_correction']:.0%} of answers with one)")
             for task, a in ev["per_task"].items():
                 lines.append(f"  {task:<20}{a:>7.3f}")
     return "\n".join(lines)
@@ -169,7 +202,9 @@ def main_eval(argv=None):
                    "default: tiny-bert and tiny-dllm")
     p.add_argument("--strategy", default=None, help="decoding strategy (default: greedy, "
                    "duo for Duo models)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (llada, duo)")
+    p.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="sampler steps, one row per value (e.g. --steps 8 16 32): Duo "
+                   "models use the duo sampler, masked models LLaDA's (equal forward passes)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a fixed subsample")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -178,9 +213,11 @@ def main_eval(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = {"steps": args.steps} if args.steps else {}
     models = tuple(args.model or ("tiny-bert", "tiny-dllm"))
-    results = eval_table(models, args.strategy, args.limit, **opts)
+    try:
+        results = eval_table(models, args.strategy, args.limit, steps=args.steps)
+    except ValueError as e:
+        p.error(str(e))
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -683,9 +683,10 @@ class LiveLossPlot:
     """A training curve that redraws in place (d2l's ProgressBoard idea).
 
     ``update(step, loss)`` records a point; at most every ``min_seconds`` (and every
-    ``every`` points) it redraws: ``display(fig)`` then ``clear_output(wait=True)`` in a
-    notebook, a printed line elsewhere. ``finish()`` draws the final curve. Extra curves:
-    ``update(step, loss, name="eval")``.
+    ``every`` points) it redraws. In a notebook the figure is shown once and then updated
+    in place through its display handle (so the cell keeps exactly one output, which
+    nbval can compare); elsewhere a line is printed. ``finish()`` draws the final curve.
+    Extra curves: ``update(step, loss, name="eval")``.
 
     Taught in ``02_llada_training``.
     """
@@ -702,6 +703,7 @@ class LiveLossPlot:
         self._since = 0
         self._last = -math.inf
         self.redraws = 0
+        self._handle = None  # IPython DisplayHandle once the figure is shown
         self.fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
         self.ax = self.fig.subplots()
 
@@ -729,13 +731,18 @@ class LiveLossPlot:
             ax.legend()
         return self.fig
 
+    def _show(self, fig: Figure) -> None:
+        if self._handle is None:
+            from IPython.display import display
+
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+
     def _draw(self, step, loss, name) -> None:
         self.redraws += 1
         if self.notebook:
-            from IPython.display import clear_output, display
-
-            display(self._redraw_figure())
-            clear_output(wait=True)
+            self._show(self._redraw_figure())
         else:
             print(f"step {step:>7} {name} {float(loss):.4f}", flush=True)
 
@@ -743,10 +750,7 @@ class LiveLossPlot:
         """Draw the final curve (always) and return the Figure."""
         fig = self._redraw_figure()
         if self.notebook:
-            from IPython.display import clear_output, display
-
-            clear_output(wait=True)
-            display(fig)
+            self._show(fig)
         elif self.points:
             name = list(self.points)[-1]
             xs, ys = self.points[name]

@@ -49,7 +49,7 @@ def test_bench_rows(model_dir, tmp_path):
     assert json.loads(path.read_text()) == rows
     names = [r["strategy"] for r in rows]
     assert names == [n for n, _ in bench.bench_strategies(L, 4, duo=True)]
-    assert len(names) == 10 and names[0] == "greedy"
+    assert len(names) == 11 and names[0] == "greedy"
     assert sum(n.startswith("duo") for n in names) == 3
     for r in rows:
         assert set(r) == set(bench.KEYS)
@@ -62,8 +62,25 @@ def test_bench_rows(model_dir, tmp_path):
     assert by["llada steps=4 block=4"]["nfe"] == 4
     assert by["llada steps=2 block=4"]["nfe"] == 2              # at least one per block
     assert [by[f"duo steps={s}"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
+    assert by["llada steps=8 block=4"]["nfe"] == 8   # masked at duo's NFE (<= L only)
     for cache in ("", " prefix", " dual"):                    # >= 1 step per block
         assert 2 <= by[f"threshold 0.9 block=4{cache}"]["nfe"] <= L
+
+
+def test_bench_duo_rows_on_another_model(model_dir):
+    from dllm_lesson.models import load_model
+
+    model, tok = load_model(str(model_dir), device="cpu", backend="lesson")
+    L = 32
+    rows = bench.run_bench(model_name="masked", lengths=(L,), repeats=1, n_prompts=1,
+                           model=model, tokenizer=tok, duo_model=str(model_dir),
+                           block_length=32)
+    by = {r["strategy"]: r for r in rows}
+    tag = f" [{model_dir.name}]"
+    assert [by[f"duo steps={s}{tag}"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
+    # masked diffusion at the same forward passes; steps=8 and 16 were already rows
+    assert [by[f"llada steps={s} block=32"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
+    assert len(rows) == len(by) == 7 + 1 + 3
 
 
 def test_bench_nfe_is_the_mean_over_prompts(model_dir):

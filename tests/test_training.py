@@ -165,6 +165,38 @@ def test_script_rejects_bad_option(tmp_path):
     assert out.returncode != 0 and "--lr" in out.stderr
 
 
+def test_flowlm_script_resume_is_exact(tmp_path):
+    """``./train_flowlm.py --preset tiny`` (Duo) stopped after its step-2 checkpoint and
+    started again on the same output dir logs the uninterrupted run's later losses."""
+    def run(out):
+        cmd = [sys.executable, str(ROOT / "train_flowlm.py"), "--preset", "tiny",
+               "--max-steps", "4", "--batch-size", "4", "--seq-len", "128",
+               "--save-every", "2", "--keep-checkpoints", "2", "--log-every", "1",
+               "--output-dir", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=_script_env(),
+                             timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+    run(tmp_path / "full")
+    run(tmp_path / "part")
+    # the state a crash between the step-2 and step-4 checkpoints leaves behind: the
+    # metrics of steps 3-4 were written; their checkpoint, the "latest" pointer to it and
+    # the final model were not
+    part = tmp_path / "part"
+    shutil.rmtree(part / "checkpoints" / "step-4")
+    (part / "checkpoints" / "latest").write_text("step-2")
+    (part / "model.safetensors").unlink()
+    assert training.latest_checkpoint(part).name == "step-2"
+    run(part)
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full")}
+    b = {r["step"]: r["loss"] for r in read_metrics(part)}
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]           # steps 3-4 logged once
+    for step in (3, 4):
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    assert (part / "model.safetensors").exists()
+    assert len({round(v, 6) for v in a.values()}) > 1
+
+
 def test_torchrun_two_cpu_processes(tmp_path):
     """``torchrun --standalone --nproc_per_node=2 train_dllm.py --preset tiny`` on CPUs
     (gloo): both ranks train, rank 0 writes metrics and the model."""

@@ -416,18 +416,39 @@ def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     import IPython.display
 
     calls = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj: calls.append(("show", obj)))
-    monkeypatch.setattr(IPython.display, "clear_output",
-                        lambda wait=False: calls.append(("clear", wait)))
+
+    class Handle:
+        def update(self, obj):
+            calls.append(("update", obj))
+
+    def fake_display(obj, display_id=False):
+        calls.append(("show", obj, display_id))
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
     live = viz.LiveLossPlot(every=1, min_seconds=3600.0, notebook=True)
     for step in range(5):
         live.update(step, 2.0 - step / 10)
         live.update(step, 2.5, name="eval")
     assert live.redraws == 1  # throttled by time: only the first point drew
-    assert calls == [("show", live.fig), ("clear", True)]
+    assert calls == [("show", live.fig, True)]  # shown once, with a display handle
     live.finish()
-    assert calls[-2:] == [("clear", True), ("show", live.fig)]
+    assert calls[-1] == ("update", live.fig)  # the final curve replaces it in place
+    assert len(calls) == 2
     assert [line.get_label() for line in live.fig.axes[0].lines] == ["loss", "eval"]
+
+
+def test_live_loss_plot_finish_shows_a_figure_that_was_never_drawn(monkeypatch):
+    import IPython.display
+
+    calls = []
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda obj, display_id=False: calls.append(obj) or object())
+    live = viz.LiveLossPlot(every=100, notebook=True)
+    live.update(0, 1.0)
+    assert calls == []
+    live.finish()
+    assert calls == [live.fig]
 
 
 def test_strategy_table_text_and_html():
