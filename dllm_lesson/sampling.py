@@ -40,7 +40,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Iterator
 
 import torch
@@ -250,6 +250,19 @@ class _Unmask:
         return new, changed, remasked, corrected
 
 
+def _duo_flip(k: int, steps: int, V: int) -> float:
+    return (V - 1) / V * (1 - (k + 1) / steps)
+
+
+@lru_cache(maxsize=64)
+def _duo_noise_levels(steps: int, V: int) -> tuple[float, ...]:
+    """The noise weights after steps ``0 .. steps-2`` (the last step keeps the
+    prediction). Each one inverts the flip-probability integral numerically, so they are
+    computed once per (steps, V) rather than once per answer."""
+    flips = [_duo_flip(k, steps, V) for k in range(steps - 1)]
+    return tuple(float(s) for s in duo.noise_for_flip(flips, V)) if flips else ()
+
+
 class _Duo:
     """Duo's uniform-state sampler: predict the clean answer, re-noise it to the next
     lower noise level, and repeat; the last step keeps the prediction itself.
@@ -265,9 +278,7 @@ class _Duo:
         self.allowed = allowed                                       # (V,) bool
         self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
         self.steps = steps
-        V = len(self.allowed_ids)
-        flips = [self.flip(k) for k in range(steps - 1)]             # the last one is 0
-        self.noise = ([float(s) for s in duo.noise_for_flip(flips, V)] if flips else [])
+        self.noise = list(_duo_noise_levels(steps, len(self.allowed_ids)))
         self.previous: torch.Tensor | None = None                    # last x0_hat (A,)
         self.stable: torch.Tensor | None = None                      # run lengths (A,)
 
@@ -276,8 +287,7 @@ class _Duo:
 
     def flip(self, k: int) -> float:
         """Flip probability of the answer after step ``k`` (0-based)."""
-        V = len(self.allowed_ids)
-        return (V - 1) / V * (1 - (k + 1) / self.steps)
+        return _duo_flip(k, self.steps, len(self.allowed_ids))
 
     def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
         # corrected: the prediction changed after it had been stable for >= 2 steps

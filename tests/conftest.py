@@ -10,6 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a busy 2-core machine: one torch thread is many times faster.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def corpus():
     """The offline corpus for seed 0 (built once per session)."""

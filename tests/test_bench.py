@@ -10,14 +10,7 @@ import torch
 from dllm_lesson import bench
 from dllm_lesson.sampling import decode_steps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a busy 2-core machine: one thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

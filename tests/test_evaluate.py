@@ -6,19 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dllm_lesson import evaluate
 from dllm_lesson.models import load_model
 from dllm_lesson.sampling import decode_steps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_score_answer_is_exact_up_to_whitespace():

@@ -28,13 +28,7 @@ from dllm_lesson.sampling import (
 PROMPTS = ["Tell me about France.", "What is the capital of Peru?", "Count from 3 to 9."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a busy 2-core machine: one thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
