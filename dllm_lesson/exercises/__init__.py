@@ -62,13 +62,25 @@ def exercises() -> dict[str, Exercise]:
     return dict(REGISTRY)
 
 
-def check(name: str, candidate: Callable, quiet: bool = False) -> bool:
-    """Compare ``candidate`` with the reference solution of exercise ``name``."""
+def get(name: str) -> Exercise:
+    """The exercise called ``name`` (a clear error for a typo)."""
     ex = exercises().get(name)
     if ex is None:
         raise ValueError(f"no exercise named {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return ex
+
+
+def verify(name: str, candidate: Callable) -> None:
+    """Run exercise ``name``'s checker on ``candidate``, silently: ``AssertionError`` if
+    it is wrong, ``NotImplementedError`` from a stub passes through (for tests)."""
+    ex = get(name)
+    ex.checker(candidate, ex.reference)
+
+
+def check(name: str, candidate: Callable, quiet: bool = False) -> bool:
+    """Compare ``candidate`` with the reference solution of exercise ``name``."""
     try:
-        ex.checker(candidate, ex.reference)
+        verify(name, candidate)
     except NotImplementedError:
         print(f"{name}: not solved yet (the stub raises NotImplementedError)")
         return False

@@ -1,0 +1,84 @@
+"""Every exercise of every notebook: its check passes on the library's reference solution,
+reports a stub as "not solved", and the notebook holds that stub with the check call left
+commented (so it runs green unsolved). The per-notebook files (``test_exercises_part*``)
+add what is specific: independent solutions that pass, plausible mistakes that fail."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dllm_lesson.exercises import check, exercises
+
+REPO = Path(__file__).resolve().parents[1]
+ALL = sorted(exercises())
+NOTEBOOK = {  # each exercise and the notebook that poses it
+    "fill_order": "00_welcome",
+    "forward_passes": "00_welcome",
+    "bert_mask_rule": "01_bert_masking",
+    "masked_cross_entropy": "01_bert_masking",
+    "mask_probability": "02_llada_training",
+    "llada_loss_from_ce": "02_llada_training",
+    "sft_maskable": "02_llada_training",
+    "greedy_step": "03_greedy_decoding",
+    "greedy_decode": "03_greedy_decoding",
+    "num_transfer_tokens": "04_block_generation_and_kv_cache",
+    "block_bounds": "04_block_generation_and_kv_cache",
+    "cache_window": "04_block_generation_and_kv_cache",
+    "select_positions": "05_remasking_and_parallel_decoding",
+    "threshold_commit": "05_remasking_and_parallel_decoding",
+    "remask_positions": "05_remasking_and_parallel_decoding",
+    "flip_probability_v2": "06_duo_gaussian_noise",
+    "corrupt_tokens": "06_duo_gaussian_noise",
+    "tau_schedule": "07_soft_tokens",
+    "soft_embedding": "07_soft_tokens",
+    "symmetric_kl": "08_duo_loss_scaling",
+    "row_scale": "08_duo_loss_scaling",
+    "renoise": "09_duo_sampling",
+    "step_budget": "10_scaling_up",
+    "mfu": "10_scaling_up",
+}
+
+
+def notebook_code(notebook: str) -> str:
+    nb = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_every_notebook_has_its_exercises():
+    assert {name: ex.notebook for name, ex in exercises().items()} == NOTEBOOK
+    notebooks = {p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert set(NOTEBOOK.values()) == notebooks
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reference_passes(name, capsys):
+    assert check(name, exercises()[name].reference)
+    assert f"{name}: passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_stub_is_reported_not_solved(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    assert check(name, stub) is False
+    assert "not solved" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_has_stub_and_commented_check(name):
+    code = notebook_code(exercises()[name].notebook)
+    calls = re.findall(rf'^# check\("{name}", (\w+)\)', code, flags=re.M)
+    assert len(calls) == 1, f"one commented check call for {name}, found {calls}"
+    stub = re.search(rf"^def {calls[0]}\(.*?(?=^\S)", code + "\n_", flags=re.M | re.S)
+    assert stub and "raise NotImplementedError" in stub.group(0)
+    assert not re.search(rf'^check\("{name}"', code, flags=re.M)   # not left uncommented
+
+
+def test_unknown_exercise_is_a_clear_error():
+    with pytest.raises(ValueError, match="no exercise named 'nope'; known: "):
+        check("nope", lambda: None)
