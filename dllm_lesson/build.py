@@ -103,15 +103,16 @@ def model_card(name: str, stages: list[TrainConfig], runs: list[dict], metrics: 
              f", torch {torch.__version__})",
              "- rebuild: `python -m dllm_lesson build-models`", "", "## Training", ""]
     for cfg, run in zip(stages, runs):
-        if run is None:
-            lines.append(f"- `{cfg.objective}` stage reused from an earlier build "
-                         f"({Path(cfg.output_dir).name}, see its model card)")
+        recipe_line = (f"- `{cfg.objective}` on {cfg.dataset} {cfg.data}"
+                       f"{f' (+{cfg.text_mix:.0%} plain-text steps)' if cfg.text_mix else ''}"
+                       f": {run['steps'] if run else cfg.max_steps} steps x batch "
+                       f"{cfg.batch_size}, seq {cfg.seq_len}, lr {cfg.lr}")
+        if run is None:   # --reuse: the recipe is known, the run's own figures are not
+            lines.append(f"{recipe_line} (stage reused from an earlier build: "
+                         f"{Path(cfg.output_dir).name})")
             continue
-        lines.append(f"- `{cfg.objective}` on {cfg.dataset} {cfg.data}"
-                     f"{f' (+{cfg.text_mix:.0%} plain-text steps)' if cfg.text_mix else ''}: "
-                     f"{run['steps']} steps x batch {cfg.batch_size}, seq {cfg.seq_len}, "
-                     f"lr {cfg.lr}, {run['tokens']:,} tokens, {run['seconds']:.0f} s wall, "
-                     f"final loss {run['final_loss']:.4f}")
+        lines.append(f"{recipe_line}, {run['tokens']:,} tokens, {run['seconds']:.0f} s "
+                     f"wall, final loss {run['final_loss']:.4f}")
     lines += ["", "## Measured", "", "```", json.dumps(metrics, indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -42,4 +42,7 @@ def test_build_models_smoke(tmp_path, capsys):
     assert f"reusing {work / 'tiny-dllm'}" in out
     assert f"reusing {work / 'tiny-duo'}" in out
     assert first_round.stat().st_mtime_ns == before
-    assert "stage reused from an earlier build" in (dest / "tiny-duo" / "README.md").read_text()
+    card = (dest / "tiny-duo" / "README.md").read_text()
+    assert "2 steps x batch 16, seq 128, lr 0.0005 (stage reused from an earlier build: " \
+        "tiny-duo-a)" in card                           # the skipped round, from the recipe
+    assert card.count("stage reused") == 2 and "final loss" not in card
