@@ -75,19 +75,11 @@ def _device() -> str:
 
 
 def measure(name: str, model, tokenizer, limit: int | None) -> dict:
-    """The metrics that go into a model card."""
-    from .evaluate import evaluate_answers, held_out_examples, mask_ratio_accuracy
+    """The metrics that go into a model card: the same as ``python -m dllm_lesson eval``
+    (:func:`dllm_lesson.evaluate.measure_model`), on a fixed subsample of ``limit``."""
+    from .evaluate import measure_model
 
-    model.eval()
-    out = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tokenizer)}
-    if name == "tiny-bert":
-        return out
-    strategy, opts = ("duo", {"steps": 32}) if name == "tiny-duo" else ("greedy", {})
-    for split in ("heldout_entities", "heldout_phrasings"):
-        ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
-                              strategy=strategy, **opts)
-        out[f"{split}_{strategy}"] = {k: v for k, v in ev.items() if k != "rows"}
-    return out
+    return measure_model(name, model, tokenizer, limit=limit)
 
 
 def model_card(name: str, stages: list[TrainConfig], runs: list[dict], metrics: dict,

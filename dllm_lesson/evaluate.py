@@ -61,40 +61,52 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
 
 def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
                      answer_length: int | None = None, progress: bool = True,
-                     **options) -> dict:
-    """Generate an answer for each example and score it.
+                     keep_steps: bool = False, **options) -> dict:
+    """Decode each example with one strategy (``options`` go to
+    :func:`dllm_lesson.sampling.decode_steps`) and score the answers.
 
-    Returns ``accuracy`` overall and ``per_task``, ``n``, ``mean_nfe`` (forward passes per
-    answer), ``corrections_per_answer`` and ``answers_with_correction`` (self-corrections:
+    Returns ``accuracy`` overall and ``per_task`` (:func:`score_answer`), ``n``,
+    ``mean_nfe`` (forward passes per answer), ``tokens_per_nfe`` (answer positions per
+    pass), ``corrections_per_answer`` and ``answers_with_correction`` (self-corrections:
     positions of the final answer text whose token changed after it had looked final, as
-    the ``remask`` and ``duo`` strategies mark them; 0 for the others) and the rows
-    ``(example, answer, correct)``. ``progress=False`` hides the bar.
+    the ``remask`` and ``duo`` strategies mark them; 0 for the others) and the ``rows``
+    ``(example, answer, correct)``; with ``keep_steps`` also ``steps``, each example's list
+    of ``Step`` records. ``answer_length`` defaults to a per-task size
+    (``ANSWER_LENGTH``). ``progress=False`` hides the bar.
+
+    Taught in ``02_llada_training``, ``04_block_generation_and_kv_cache``.
     """
     from tqdm.auto import tqdm
 
-    from .sampling import answer_text, decode_steps
+    from .sampling import answer_end, answer_text, decode_steps
 
-    stops = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
-    rows, per_task, nfes, fixes = [], {}, [], []
+    if not examples:
+        raise ValueError("evaluate_answers needs at least one example")
+    rows, per_task, nfes, lengths, fixes, records = [], {}, [], [], [], []
     for ex in tqdm(examples, desc=f"eval {strategy}", leave=False, disable=not progress):
         L = answer_length or ANSWER_LENGTH.get(ex.task, DEFAULT_ANSWER_LENGTH)
-        corrected, last = set(), None
-        for last in decode_steps(model, tokenizer, ex.prompt, L, strategy, **options):
-            corrected.update(last.corrected)
+        steps = list(decode_steps(model, tokenizer, ex.prompt, L, strategy, **options))
+        last = steps[-1]
         answer = answer_text(tokenizer, last.tokens)
-        end = next((i for i, t in enumerate(last.tokens) if t in stops), L)
+        end = answer_end(tokenizer, last.tokens)
         ok = score_answer(answer, ex.keys, ex.answer)
         rows.append((ex, answer, ok))
         per_task.setdefault(ex.task, []).append(ok)
         nfes.append(last.nfe)
-        fixes.append(sum(1 for i in corrected if i < end))  # inside the answer text
-    n = max(1, len(rows))
-    return {"accuracy": sum(ok for *_, ok in rows) / n, "n": len(rows),
-            "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
-            "mean_nfe": sum(nfes) / n,
-            "corrections_per_answer": sum(fixes) / n,
-            "answers_with_correction": sum(f > 0 for f in fixes) / n,
-            "rows": rows}
+        lengths.append(L)
+        fixes.append(len({i for s in steps for i in s.corrected if i < end}))
+        if keep_steps:
+            records.append(steps)
+    n = len(rows)
+    out = {"accuracy": sum(ok for *_, ok in rows) / n, "n": n,
+           "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+           "mean_nfe": sum(nfes) / n, "tokens_per_nfe": sum(lengths) / sum(nfes),
+           "corrections_per_answer": sum(fixes) / n,
+           "answers_with_correction": sum(f > 0 for f in fixes) / n,
+           "rows": rows}
+    if keep_steps:
+        out["steps"] = records
+    return out
 
 
 def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
@@ -126,45 +138,60 @@ def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_r
     return out
 
 
+def _steps_list(steps) -> list:
+    steps = [steps] if steps is None or isinstance(steps, int) else list(steps)
+    for k in steps:
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"steps must be positive integers, got {k!r}")
+    return steps
+
+
+def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=None,
+                  ratios=(0.15, 0.3, 0.5, 0.7, 0.9), progress: bool = True,
+                  **options) -> dict:
+    """One model's numbers: token accuracy by mask ratio and, for chat models, held-out
+    accuracy on both splits (keys ``heldout_<split>_<strategy>[_<k>steps]``).
+
+    ``strategy=None`` picks the model's own sampler: Duo models (a name containing "duo")
+    the uniform-state sampler (32 steps unless ``steps`` says), masked models the seed's
+    greedy decoding, or LLaDA's sampler (one block, low-confidence) when ``steps`` is
+    given. ``steps``: an int or a list of them, one row per value. ``eval`` and the model
+    cards of ``build-models`` both come from here.
+    """
+    steps = _steps_list(steps)
+    model.eval()
+    res = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tokenizer, ratios)}
+    if name == "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
+        return res
+    for k in steps:
+        strat = strategy or ("duo" if "duo" in str(name) else "llada" if k else "greedy")
+        opts = dict(options)
+        if k is not None:
+            opts["steps"] = k
+        elif strat == "duo":
+            opts["steps"] = 32
+        label = strat + (f"_{opts['steps']}steps" if "steps" in opts else "")
+        for split in ("heldout_entities", "heldout_phrasings"):
+            ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
+                                  strategy=strat, progress=progress, **opts)
+            res[f"{split}_{label}"] = {key: v for key, v in ev.items() if key != "rows"}
+    return res
+
+
 def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
                ratios=(0.15, 0.3, 0.5, 0.7, 0.9), steps=None, progress: bool = True,
                **options) -> dict:
-    """The numbers ``python -m dllm_lesson eval`` prints, as a dict per model.
-
-    ``strategy=None`` picks each model's own sampler: Duo models (a name containing "duo")
-    the uniform-state sampler (32 steps unless ``steps`` says), masked models the seed's
-    greedy decoding, or LLaDA's sampler (one block, low-confidence) when ``steps`` is
-    given. ``steps``: an int or a list of them, one row per value, so that masked and Duo
-    models can be compared at equal forward passes (``--steps 8 16 32``).
-    """
+    """The numbers ``python -m dllm_lesson eval`` prints: :func:`measure_model` for each
+    model (loaded on the CPU with the lesson backend), as a dict by model name. ``steps``
+    ``[8, 16, 32]`` compares masked and Duo models at equal forward passes."""
     from .models import load_model
 
-    if steps is None or isinstance(steps, int):
-        steps = [steps]
-    for k in steps:
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise ValueError(f"steps must be positive integers, got {k!r}")
+    _steps_list(steps)  # a bad value fails before any model loads
     results = {}
     for name in models:
         model, tok = load_model(name, device="cpu", backend="lesson")
-        res = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tok, ratios)}
-        is_duo = "duo" in str(name)
-        if name == "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
-            results[name] = res
-            continue
-        for k in steps:
-            strat = strategy or ("duo" if is_duo else "llada" if k else "greedy")
-            opts = dict(options)
-            if k is not None:
-                opts["steps"] = k
-            elif strat == "duo":
-                opts["steps"] = 32
-            label = strat + (f"_{opts['steps']}steps" if "steps" in opts else "")
-            for split in ("heldout_entities", "heldout_phrasings"):
-                ev = evaluate_answers(model, tok, held_out_examples(split, limit=limit),
-                                      strategy=strat, progress=progress, **opts)
-                res[f"{split}_{label}"] = {k2: v for k2, v in ev.items() if k2 != "rows"}
-        results[name] = res
+        results[name] = measure_model(name, model, tok, strategy, steps, limit, ratios,
+                                      progress, **options)
     return results
 
 

@@ -105,18 +105,21 @@ def build_sequence(tokenizer, prompt: str, answer_length: int) -> tuple[torch.Te
     return ids, answer_start
 
 
+def answer_end(tokenizer, tokens) -> int:
+    """Where the answer stops: the index of the first end token ([SEP] / eos) in the
+    answer area ``tokens``, or its length if there is none."""
+    stops = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
+    tokens = list(tokens)
+    return next((i for i, tok in enumerate(tokens) if tok in stops), len(tokens))
+
+
 def answer_text(tokenizer, tokens) -> str:
     """The answer text: tokens up to the first end token ([SEP] / eos), specials skipped.
 
     Taught in ``03_greedy_decoding``.
     """
-    stops = {tokenizer.sep_token_id, tokenizer.eos_token_id} - {None}
     tokens = list(tokens)
-    for i, tok in enumerate(tokens):
-        if tok in stops:
-            tokens = tokens[:i]
-            break
-    return tokenizer.decode(tokens, skip_special_tokens=True)
+    return tokenizer.decode(tokens[:answer_end(tokenizer, tokens)], skip_special_tokens=True)
 
 
 # -- LLaDA's helpers -----------------------------------------------------------------------

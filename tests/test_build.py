@@ -23,7 +23,7 @@ def test_build_models_smoke(tmp_path, capsys):
         assert card.startswith(f"# {name}") and "python -m dllm_lesson build-models" in card
         assert json.loads((folder / "metrics.json").read_text()) == json.loads(
             json.dumps(done[name]))                           # keys become strings
-    assert "heldout_entities_duo" in done["tiny-duo"]
+    assert "heldout_entities_duo_32steps" in done["tiny-duo"]
     assert "heldout_entities_greedy" in done["tiny-dllm"]
     # every stage of the recipe trained (2 steps each) and logged
     for stages in build.recipe(work, 0.001).values():

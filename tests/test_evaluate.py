@@ -39,6 +39,25 @@ def test_corrections_are_counted_inside_the_answer_text():
     assert alone["rows"][0][1] == res["rows"][0][1]   # seeded: the same answer alone
 
 
+def test_evaluate_answers_counts_passes_and_keeps_steps():
+    from dllm_lesson.data import Example
+
+    model, tok = load_model("tiny-dllm", device="cpu", backend="lesson")
+    examples = [Example("capital", "What is the capital of Peru?", "nonsense", ("x",),
+                        "Peru", 0)] * 2
+    res = evaluate.evaluate_answers(model, tok, examples, "llada", answer_length=12,
+                                    progress=False, keep_steps=True, steps=4)
+    assert res["mean_nfe"] == 4 and res["tokens_per_nfe"] == 3
+    assert res["accuracy"] == 0.0 and [ok for *_, ok in res["rows"]] == [False, False]
+    assert len(res["steps"]) == 2 and len(res["steps"][0]) == 4
+    assert res["rows"][0][1] == "The capital of Peru is Lima."
+    assert "steps" not in evaluate.evaluate_answers(model, tok, examples[:1], "llada",
+                                                    answer_length=12, progress=False,
+                                                    steps=4)
+    with pytest.raises(ValueError, match="at least one example"):
+        evaluate.evaluate_answers(model, tok, [], progress=False)
+
+
 def test_eval_rows_at_equal_forward_passes(tmp_path, capsys):
     path = tmp_path / "eval.json"
     evaluate.main_eval(["--model", "tiny-dllm", "--model", "tiny-duo", "--steps", "4", "8",

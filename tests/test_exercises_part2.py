@@ -347,18 +347,3 @@ def test_mfu_wrong_answers_fail():
     fails("mfu", lambda tok, n, nl, d, s, peak: 2 * n * tok / peak)          # forward only
     fails("mfu", lambda tok, n, nl, d, s, peak: (6 * n + 12 * nl * d * s) * tok / peak
           * 100)                                                            # percent
-
-
-# -- run_strategy ------------------------------------------------------------------------
-def test_run_strategy_counts_and_scores(tokenizer):
-    from dllm_lesson.data import Example
-
-    model = _FakeModel(len(tokenizer), seed=3)
-    examples = [Example("capital", "What is the capital of Peru?", "nonsense", ("x",),
-                        "Peru", 0)] * 2
-    res = part2.run_strategy(model, tokenizer, examples, 12, strategy="llada", steps=4)
-    assert res["nfe"] == 4 and res["tokens_per_nfe"] == 3
-    assert res["accuracy"] == 0.0 and res["correct"] == [False, False]
-    assert len(res["steps"]) == 2 and len(res["steps"][0]) == 4
-    with pytest.raises(ValueError, match="at least one"):
-        part2.run_strategy(model, tokenizer, [], 12)

@@ -7,8 +7,6 @@ and raises ``AssertionError`` with the first input where the two disagree. Noteb
 ``check("<name>", my_function)``; ``tests/test_exercises_part2.py`` runs every checker
 against its reference and against plausible wrong answers, and compares the references
 with what the decoding engine really does.
-
-:func:`run_strategy` is the small evaluation loop notebooks 04 and 05 share.
 """
 
 from __future__ import annotations
@@ -44,36 +42,6 @@ def _positions(value, name: str) -> list[int]:
     if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
         return value.nonzero()[:, 0].tolist()
     return sorted(_as_int_list(value, name))
-
-
-def run_strategy(model, tokenizer, examples, answer_length: int, **options) -> dict:
-    """Decode every example with one strategy and score it.
-
-    ``examples`` are corpus rows (``Example``: prompt, keys, answer); ``options`` go to
-    :func:`dllm_lesson.sampling.decode_steps`. Returns ``accuracy`` (fraction right,
-    :func:`dllm_lesson.evaluate.score_answer`), ``nfe`` (mean forward passes per answer),
-    ``tokens_per_nfe`` (= answer_length / nfe), ``answers`` and ``correct`` (lists) and
-    ``steps`` (each example's list of ``Step`` records).
-
-    Taught in ``04_block_generation_and_kv_cache``.
-    """
-    from ..evaluate import score_answer
-    from ..sampling import answer_text, decode_steps
-
-    if not examples:
-        raise ValueError("run_strategy needs at least one example")
-    answers, correct, nfes, records = [], [], [], []
-    for ex in examples:
-        steps = list(decode_steps(model, tokenizer, ex.prompt, answer_length, **options))
-        answer = answer_text(tokenizer, steps[-1].tokens)
-        answers.append(answer)
-        correct.append(score_answer(answer, ex.keys, ex.answer))
-        nfes.append(steps[-1].nfe)
-        records.append(steps)
-    nfe = sum(nfes) / len(nfes)
-    return {"accuracy": sum(correct) / len(correct), "nfe": nfe,
-            "tokens_per_nfe": answer_length / nfe, "answers": answers,
-            "correct": correct, "steps": records}
 
 
 # ---------------------------------------------------------------------------------------
