@@ -49,7 +49,7 @@ def run_trainer(steps: int) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from dllm_lesson.training import Batches, init_model, load_rows, lr_lambda, step_loss
+    from dllm_lesson.training import Batches, init_model, load_rows, lr_lambda, step_loss, step_plan
 
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out:
@@ -63,25 +63,17 @@ def run_trainer(steps: int) -> dict:
                                     tok.pad_token_id, fill, cfg.fill_max, cfg.seq_len,
                                     cfg.seed)
 
-        def step_generator(step: int) -> torch.Generator:   # the core's per-step seed
-            return torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1_009)
-
         class SameBatches(torch.utils.data.IterableDataset):
             """The core's batch sequence: a chat or text batch per step, as train() picks."""
 
             def __iter__(self):
                 for step in range(cfg.max_steps):
-                    gen = step_generator(step)
-                    text = torch.rand(1, generator=gen).item() < cfg.text_mix
-                    kind = "text" if text else "chat"
-                    yield {**streams[kind].next(), "kind": kind}
+                    yield streams[step_plan(cfg, step)[1]].next()
 
-        class LaDATrainer(Trainer):
+        class LLaDATrainer(Trainer):
             def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
                 step = self.state.global_step
-                gen = step_generator(step)
-                kind = inputs.pop("kind")
-                torch.rand(1, generator=gen)            # the draw that picked the kind
+                gen, kind = step_plan(cfg, step)       # the same noise seed as train()
                 loss = step_loss(cfg, model, inputs, step, tok, None, gen, kind)
                 losses.append(loss.item())
                 return loss
@@ -113,7 +105,7 @@ def run_trainer(steps: int) -> dict:
             report_to=[], disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
             remove_unused_columns=False, seed=cfg.seed)
         clock = Clock()
-        trainer = LaDATrainer(model=model, args=args, train_dataset=SameBatches(),
+        trainer = LLaDATrainer(model=model, args=args, train_dataset=SameBatches(),
                               data_collator=collate, optimizers=(opt, sched),
                               callbacks=[clock])
         trainer.train()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -349,9 +350,6 @@ def save_checkpoint(acc, cfg, step: int, data_state: dict):
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    import logging
-
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     acc.save_state(str(tmp))
     states = [None] * acc.num_processes
     if acc.num_processes > 1:
@@ -413,6 +411,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     # several CPU processes (torchrun on a machine without GPUs): DDP over gloo
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
+    # no "removed shared tensor" note at every save: the decoder is tied to the embeddings
+    # on purpose
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -471,11 +472,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     t0, tokens, last_loss = time.time(), 0, float("nan")
     log_losses: list[float] = []
     while step < cfg.max_steps:
-        gen = torch.Generator(device="cpu").manual_seed(
-            (cfg.seed * 1_000_003 + step) * 1_009 + acc.process_index)
-        use_text = cfg.data == "chat" and cfg.text_mix > 0 and (
-            torch.rand(1, generator=gen).item() < cfg.text_mix)
-        kind = "text" if (cfg.data == "text" or use_text) else "chat"
+        gen, kind = step_plan(cfg, step, acc.process_index)
         step_loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             batch = {k: v.to(device) for k, v in streams[kind].next().items()}
@@ -522,16 +519,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     bar.close()
     elapsed = time.time() - t0
     if acc.is_main_process:
-        import logging
-
         from transformers.utils import logging as hf_logging
 
         unwrapped = acc.unwrap_model(model)
-        # quiet: no shard-writing bar, no "removed shared tensor" note (the decoder is
-        # tied to the embeddings on purpose)
-        bars_on = hf_logging.is_progress_bar_enabled()
+        bars_on = hf_logging.is_progress_bar_enabled()   # quiet: no shard-writing bar
         hf_logging.disable_progress_bar()
-        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
         unwrapped.save_pretrained(str(out), state_dict=acc.get_state_dict(model),
                                   safe_serialization=True)
         tokenizer.save_pretrained(str(out))
@@ -544,6 +536,17 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
             "seconds": elapsed, "tokens": tokens,
             "tokens_per_s": tokens / max(elapsed, 1e-9),
             "skipped_rows": sum(s.skipped for s in streams.values())}
+
+
+def step_plan(cfg: TrainConfig, step: int, rank: int = 0) -> tuple[torch.Generator, str]:
+    """What optimiser step ``step`` of rank ``rank`` does, from the seed alone (so a resumed
+    run repeats it exactly): its random generator (noise, masks) and the data kind it
+    trains on, "text" for a ``text_mix`` share of chat runs' steps, else ``cfg.data``."""
+    gen = torch.Generator(device="cpu").manual_seed(
+        (cfg.seed * 1_000_003 + step) * 1_009 + rank)
+    use_text = cfg.data == "chat" and cfg.text_mix > 0 and (
+        torch.rand(1, generator=gen).item() < cfg.text_mix)
+    return gen, "text" if (cfg.data == "text" or use_text) else "chat"
 
 
 def _device_generator(gen: torch.Generator, device) -> torch.Generator:
