@@ -6,11 +6,19 @@ The recipe, with fixed seeds, through the one training core (:func:`training.tra
    80/10/10) on the corpus's plain text;
 2. ``tiny-dllm``: tiny-bert continued with LLaDA's variable masking on the plain text, then
    SFT with response-only variable masking (answers followed by ``[SEP]`` filler, so the
-   model learns to stop), with a share of plain-text steps mixed in;
+   model learns to stop), with a share of plain-text steps mixed in, then a second SFT
+   round on the short answers at a lower learning rate;
 3. ``tiny-duo``: tiny-dllm fine-tuned with the Duo objective (Gaussian noise on one-hot
    tokens, soft tokens with tau annealing, per-row scaled symmetric KL) on the same chat
    data, in two rounds. (From tiny-bert, as the seed does, 1500 GPU steps gave a model
    that ignored the prompt: 2% held-out accuracy.)
+
+Every stage uses the course's chat template (``chat_template="course"``), which puts the
+answer after ``"Assistant:"`` and a space, so that an answer's first word is the same token
+as in the question (``" Afghanistan"``). Until November 2026 it put the answer on a new line:
+the first word was then a different token (``"Afghanistan"``, no space), which SFT only
+ever saw for the countries it asked about, and tiny-dllm answered "Which continent is
+Afghanistan in?" with "Kuwait is in Asia." (66% on held-out continents).
 
 Each shipped folder gets a model card (data, steps, wall time, measured metrics, the
 command that rebuilds it). Taught in ``00_welcome`` and ``02_llada_training``.
@@ -27,11 +35,13 @@ from pathlib import Path
 
 import torch
 
+from .tokenizer import CHAT_TEMPLATE
 from .training import TINY_MODEL, TrainConfig, train
 
 SHIP_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja")
 MODEL_CONFIG = dict(TINY_MODEL, num_hidden_layers=6, global_attn_every_n_layers=3)
+RUN_RECORD = "build_run.json"       # a stage's figures (steps, tokens, wall time, loss)
 
 
 def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
@@ -40,7 +50,8 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
         return max(2, int(steps * scale))
 
     common = dict(seed=0, log_every=max(1, n(50) // 5), save_every=n(1000),
-                  mixed_precision="no")  # fp32: tiny models gain nothing from bf16
+                  mixed_precision="no",  # fp32: tiny models gain nothing from bf16
+                  chat_template="course")
     bert = TrainConfig(objective="mlm", model="scratch", model_config=MODEL_CONFIG,
                        data="text", seq_len=128, batch_size=64, lr=2e-3,
                        warmup_steps=n(100), max_steps=n(2500),
@@ -52,7 +63,17 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
     dllm_sft = TrainConfig(objective="llada", model=str(work / "tiny-dllm-text"), data="chat",
                            text_mix=0.25, seq_len=384, batch_size=64, lr=1e-3,
                            warmup_steps=n(50), max_steps=n(1500), fill_max=96,
-                           output_dir=str(work / "tiny-dllm"), **common)
+                           output_dir=str(work / "tiny-dllm-sft"), **common)
+    # a second, gentler SFT round on the short answers alone (seq 128: the longer rows are
+    # skipped and counted), cheap enough for a laptop CPU. Probed on CPU from the first
+    # round: 1000 steps took held-out entities from 82% to 89%; 400 more steps on every
+    # answer (seq 384) after them lost 1 point on entities and 4 on phrasings (continent
+    # questions). Long answers held up without them (share of facts stated in held-out
+    # describe_many answers: 0.46 before, 0.54 after the short round).
+    dllm_short = dataclasses.replace(dllm_sft, model=str(work / "tiny-dllm-sft"), seq_len=128,
+                                     batch_size=32, lr=3e-4, warmup_steps=n(10),
+                                     max_steps=n(2000), fill_max=48, seed=1,
+                                     output_dir=str(work / "tiny-dllm"))
     # Duo starts from tiny-dllm: it already answers from the prompt, and learns here to
     # denoise random tokens instead of masks (from tiny-bert, 1500 GPU steps were not
     # enough for it to use the prompt: 2% held-out accuracy)
@@ -66,12 +87,34 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
     # a second round at half the learning rate (76% -> see the card after the first)
     duo_b = dataclasses.replace(duo, model=str(work / "tiny-duo-a"), lr=2.5e-4,
                                 output_dir=str(work / "tiny-duo"))
-    return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft],
+    return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft, dllm_short],
             "tiny-duo": [duo, duo_b]}
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _machine() -> str:
+    return (f"{platform.node() or 'unknown'} "
+            f"({'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
+            f", torch {torch.__version__})")
+
+
+def _save_record(cfg: TrainConfig, res: dict) -> dict:
+    """Keep a finished stage's figures beside it, for the cards of later ``--reuse`` builds."""
+    rec = {k: res[k] for k in ("steps", "tokens", "seconds", "final_loss")}
+    rec["built_on"] = _machine()
+    (Path(cfg.output_dir) / RUN_RECORD).write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def _load_record(cfg: TrainConfig) -> dict | None:
+    """A reused stage's figures, or None where the stage left no record."""
+    path = Path(cfg.output_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    return dict(json.loads(path.read_text()), reused=True)
 
 
 def measure(name: str, model, tokenizer, limit: int | None) -> dict:
@@ -82,42 +125,58 @@ def measure(name: str, model, tokenizer, limit: int | None) -> dict:
     return measure_model(name, model, tokenizer, limit=limit)
 
 
+MEASURED_NOTE = ("Measured by these commands; each command's rows replace the rows of the "
+                 "same name measured by the commands above it.")
+
+
 def model_card(name: str, stages: list[TrainConfig], runs: list[dict], metrics: dict,
-               n_params: int) -> str:
+               n_params: int, how: str = "`python -m dllm_lesson build-models`, right after "
+               "training") -> str:
     lines = [f"# {name}", "",
              "A tiny ModernBERT (Hugging Face format) made by the diffusion-LM course's own "
              "code on its offline generated corpus. Load it with "
              "`AutoModelForMaskedLM.from_pretrained(path)` or "
              f"`dllm_lesson.load_model(\"{name}\")`.", "",
              f"- parameters: {n_params:,}",
-             f"- built on: {platform.node() or 'unknown'} "
-             f"({'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
-             f", torch {torch.__version__})",
+             f"- built on: {_machine()}",
              "- rebuild: `python -m dllm_lesson build-models`", "", "## Training", ""]
     for cfg, run in zip(stages, runs):
         recipe_line = (f"- `{cfg.objective}` on {cfg.dataset} {cfg.data}"
                        f"{f' (+{cfg.text_mix:.0%} plain-text steps)' if cfg.text_mix else ''}"
                        f": {run['steps'] if run else cfg.max_steps} steps x batch "
                        f"{cfg.batch_size}, seq {cfg.seq_len}, lr {cfg.lr}")
-        if run is None:   # --reuse: the recipe is known, the run's own figures are not
-            lines.append(f"{recipe_line} (stage reused from an earlier build: "
-                         f"{Path(cfg.output_dir).name})")
+        reused = f"stage reused from an earlier build: {Path(cfg.output_dir).name}"
+        if run is None:   # --reuse without a record: the recipe is known, its figures not
+            lines.append(f"{recipe_line} ({reused})")
             continue
-        lines.append(f"{recipe_line}, {run['tokens']:,} tokens, {run['seconds']:.0f} s "
-                     f"wall, final loss {run['final_loss']:.4f}")
-    lines += ["", "## Measured", "", "```", json.dumps(metrics, indent=1), "```", ""]
+        figures = (f"{recipe_line}, {run['tokens']:,} tokens, {run['seconds']:.0f} s "
+                   f"wall, final loss {run['final_loss']:.4f}")
+        if run.get("reused"):
+            figures += f" ({reused}, on {run.get('built_on', 'an unknown machine')})"
+        lines.append(figures)
+    lines += ["", "## Measured", "", MEASURED_NOTE, "", f"- {how}", "", "```",
+              json.dumps(metrics, indent=1), "```", ""]
     return "\n".join(lines)
 
 
 def update_card(folder, metrics: dict, how: str) -> None:
-    """Replace the "Measured" section of a model card (and ``metrics.json``) with new
-    measurements, e.g. from ``python -m dllm_lesson eval --update-card``."""
+    """Merge new measurements into a model card's "Measured" section and ``metrics.json``
+    (e.g. from ``python -m dllm_lesson eval --update-card``): each row of ``metrics``
+    replaces the row of the same name, the other rows stay, and ``how`` (the command that
+    measured them) is added to the list of commands above the numbers."""
     folder = Path(folder)
     card = (folder / "README.md").read_text()
-    head = card.split("## Measured")[0].rstrip()
-    body = ["## Measured", "", how, "", "```", json.dumps(metrics, indent=1), "```", ""]
-    (folder / "README.md").write_text(head + "\n\n" + "\n".join(body))
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    head, _, measured = card.partition("## Measured")
+    old = folder / "metrics.json"
+    merged = json.loads(old.read_text()) if old.exists() else {}
+    merged.update(json.loads(json.dumps(metrics)))          # float keys become strings
+    hows = [ln[2:] for ln in measured.split("```")[0].splitlines() if ln.startswith("- ")]
+    if how not in hows:
+        hows.append(how)
+    body = ["## Measured", "", MEASURED_NOTE, "", *(f"- {h}" for h in hows), "", "```",
+            json.dumps(merged, indent=1), "```", ""]
+    (folder / "README.md").write_text(head.rstrip() + "\n\n" + "\n".join(body))
+    old.write_text(json.dumps(merged, indent=1) + "\n")
 
 
 def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/build",
@@ -155,7 +214,7 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
         for i, cfg in enumerate(plan[name]):
             done_dir = Path(cfg.output_dir)
             if i < first:
-                runs.append(None)
+                runs.append(_load_record(cfg))
                 continue
             if reuse and (done_dir / "model.safetensors").exists():
                 from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -163,11 +222,13 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
                 print(f"reusing {done_dir}", flush=True)
                 model = AutoModelForMaskedLM.from_pretrained(done_dir)
                 tok = AutoTokenizer.from_pretrained(done_dir)
-                runs.append(None)
+                if cfg.chat_template == "course":
+                    tok.chat_template = CHAT_TEMPLATE
+                runs.append(_load_record(cfg))
                 continue
             shutil.rmtree(cfg.output_dir, ignore_errors=True)  # from scratch, every time
             res = train(cfg)
-            runs.append(res)
+            runs.append(dict(res, **_save_record(cfg, res)))
             model, tok = res["model"], res["tokenizer"]
         if name not in names:
             continue
@@ -181,7 +242,13 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
         for f in SHIP_FILES:
             if (src / f).exists():
                 shutil.copy2(src / f, out / f)
-        (out / "README.md").write_text(model_card(name, plan[name], runs, metrics, n_params))
+        if plan[name][-1].chat_template == "course":   # a reused stage may predate it
+            (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        how = ("`python -m dllm_lesson build-models`, right after training"
+               + (f" (held-out rows: a fixed subsample of {eval_limit} questions per split)"
+                  if eval_limit else ""))
+        (out / "README.md").write_text(model_card(name, plan[name], runs, metrics, n_params,
+                                                  how))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         done[name] = metrics
         print(f"{name}: {json.dumps(metrics)}", flush=True)

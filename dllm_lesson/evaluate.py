@@ -255,6 +255,7 @@ def main_eval(argv=None):
 
         cmd = "python -m dllm_lesson eval " + " ".join(argv or [])
         for name, res in results.items():
-            update_card(model_path(name), res, f"Measured on CPU with `{cmd.strip()}` "
-                        "(exact-match accuracy on the held-out splits).")
+            split = f"a fixed subsample of {args.limit}" if args.limit else "all"
+            update_card(model_path(name), res, f"`{cmd.strip()}` on CPU ({split} held-out "
+                        "questions, exact match)")
     return results

@@ -31,7 +31,7 @@ SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo")
 SHIPPED_DESCRIPTIONS = {
     "tiny-bert": "BERT-style masked LM, 15% masking, trained on the offline corpus",
     "tiny-dllm": "masked diffusion LM (LLaDA recipe + SFT), fine-tuned from tiny-bert",
-    "tiny-duo": "uniform-state diffusion LM (Duo objective), fine-tuned from tiny-bert",
+    "tiny-duo": "uniform-state diffusion LM (Duo objective), fine-tuned from tiny-dllm",
 }
 
 #: Folder holding one sub-folder per shipped model. Read at call time, so tests can

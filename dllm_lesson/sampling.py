@@ -114,12 +114,16 @@ def answer_end(tokenizer, tokens) -> int:
 
 
 def answer_text(tokenizer, tokens) -> str:
-    """The answer text: tokens up to the first end token ([SEP] / eos), specials skipped.
+    """The answer text: tokens up to the first end token ([SEP] / eos), specials skipped,
+    without the space the first token carries (the chat template puts the answer after
+    ``"Assistant:"`` with a space, so that its first word is the same token as in a
+    sentence: ``" Paris"``).
 
     Taught in ``03_greedy_decoding``.
     """
     tokens = list(tokens)
-    return tokenizer.decode(tokens[:answer_end(tokenizer, tokens)], skip_special_tokens=True)
+    text = tokenizer.decode(tokens[:answer_end(tokenizer, tokens)], skip_special_tokens=True)
+    return text.lstrip(" ")
 
 
 # -- LLaDA's helpers -----------------------------------------------------------------------
@@ -621,6 +625,8 @@ def render(tokenizer, step: Step, colour: bool = False) -> str:
             text, style = "", ""
         else:
             text = tokenizer.decode([tok]).encode("unicode_escape").decode("ascii")
+            if i == 0:   # the answer's leading space (see answer_text)
+                text = text.lstrip(" ")
             style = _RED if i in fixed else _GREEN if i in new else ""
         parts.append(f"{style}{text}{_RESET}" if colour and style and text else text)
     return "".join(parts)

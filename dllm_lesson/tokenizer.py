@@ -27,12 +27,13 @@ CHAT_TEMPLATE = (
     "{%- else -%}{%- set role = ['user', 'assistant'][loop.index0 % 2] -%}{%- endif -%}"
     "{%- if loop.first -%}{{ cls_token }}{%- endif -%}"
     "{%- if role == 'assistant' -%}"
-    "{{ 'Assistant:\\n' }}{% generation %}{{ message['content'] }}{{ sep_token }}"
-    "{% endgeneration %}"
+    "{{ 'Assistant:' }}{% generation %}"
+    "{%- if not message['content'].startswith(mask_token) %}{{ ' ' }}{% endif -%}"
+    "{{ message['content'] }}{{ sep_token }}{% endgeneration %}"
     "{%- else -%}{{ role | capitalize }}: {{ message['content'] }}{{ '\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'Assistant:\\n' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
 )
 
 

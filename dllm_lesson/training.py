@@ -53,6 +53,8 @@ class TrainConfig:
     model: str = "tiny-bert"          # shipped name, local folder, hub id, or "scratch"
     model_config: dict = field(default_factory=dict)  # ModernBertConfig kwargs for scratch
     tokenizer: str | None = None      # default: the model's own (course tokenizer: scratch)
+    chat_template: str | None = None  # "course": the course's template replaces the
+    #                                   tokenizer's own (build-models sets it on each stage)
     dataset: str = "offline"          # "offline", a .jsonl file / folder, or a hub id
     dataset_split: str | None = None  # default: "pretrain" (text) / "sft" (chat), hub "train"
     data: str = "chat"                # text (packed plain text) | chat (messages)
@@ -95,6 +97,9 @@ class TrainConfig:
                      "save_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.chat_template not in (None, "course"):
+            raise ValueError(f"chat_template must be None (the tokenizer's own) or 'course', "
+                             f"got {self.chat_template!r}")
         if not 0.0 <= self.text_mix <= 1.0:
             raise ValueError(f"text_mix must be in [0, 1], got {self.text_mix}")
 
@@ -272,7 +277,7 @@ def init_model(cfg: TrainConfig):
         ModernBertForMaskedLM,
     )
 
-    from .tokenizer import build_tokenizer, ensure_chat_template
+    from .tokenizer import CHAT_TEMPLATE, build_tokenizer, ensure_chat_template
 
     if cfg.model == "scratch":
         tok = (AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer
@@ -291,6 +296,8 @@ def init_model(cfg: TrainConfig):
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
         model = AutoModelForMaskedLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
+    if cfg.chat_template == "course":
+        tok.chat_template = CHAT_TEMPLATE
     tok = ensure_chat_template(tok)
     return model, tok
 

@@ -36,6 +36,7 @@ def test_build_models_smoke(tmp_path, capsys):
     # stage's finished output is loaded and the first round is skipped
     first_round = work / "tiny-duo-a" / "metrics.jsonl"
     before = first_round.stat().st_mtime_ns
+    (work / "tiny-duo" / build.RUN_RECORD).unlink()     # a stage that left no record
     build.build_models(("tiny-duo",), work_dir=work, dest=dest, scale=0.001, eval_limit=2,
                        reuse=True)
     out = capsys.readouterr().out
@@ -43,6 +44,40 @@ def test_build_models_smoke(tmp_path, capsys):
     assert f"reusing {work / 'tiny-duo'}" in out
     assert first_round.stat().st_mtime_ns == before
     card = (dest / "tiny-duo" / "README.md").read_text()
-    assert "2 steps x batch 16, seq 128, lr 0.0005 (stage reused from an earlier build: " \
-        "tiny-duo-a)" in card                           # the skipped round, from the recipe
-    assert card.count("stage reused") == 2 and "final loss" not in card
+    # the skipped first round: its recipe and the figures its record kept
+    assert "2 steps x batch 16, seq 128, lr 0.0005, " in card
+    assert "(stage reused from an earlier build: tiny-duo-a, on " in card
+    # the reused last round left no record: its recipe only
+    assert "lr 0.00025 (stage reused from an earlier build: tiny-duo)" in card
+    assert card.count("stage reused") == 2 and card.count("final loss") == 1
+
+
+def test_build_ships_the_course_chat_template(tmp_path):
+    """A stage reused from before the template changed still ships the course's one."""
+    from dllm_lesson.tokenizer import CHAT_TEMPLATE
+
+    torch.set_num_threads(1)
+    work, dest = tmp_path / "work", tmp_path / "dest"
+    build.build_models(("tiny-bert",), work_dir=work, dest=dest, scale=0.001, eval_limit=2)
+    (work / "tiny-bert" / "chat_template.jinja").write_text("{{ 'an older template' }}")
+    build.build_models(("tiny-bert",), work_dir=work, dest=dest, scale=0.001, eval_limit=2,
+                       reuse=True)
+    assert (dest / "tiny-bert" / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    assert all(cfg.chat_template == "course" for stages in build.recipe(work).values()
+               for cfg in stages)
+
+
+def test_update_card_merges_rows_and_lists_commands(tmp_path):
+    """``eval --update-card`` adds its rows to a card: a row of the same name is replaced,
+    the others stay, and each measuring command is listed once."""
+    card = build.model_card("m", [], [], {"a": 1, "b": {"x": 0.5}}, 10, how="`build`")
+    (tmp_path / "README.md").write_text(card)
+    (tmp_path / "metrics.json").write_text(json.dumps({"a": 1, "b": {"x": 0.5}}))
+    build.update_card(tmp_path, {"b": {"x": 0.75}, "c": {0.5: 0.25}}, "`eval --x`")
+    build.update_card(tmp_path, {"c": {0.5: 0.5}}, "`eval --x`")
+    merged = json.loads((tmp_path / "metrics.json").read_text())
+    assert merged == {"a": 1, "b": {"x": 0.75}, "c": {"0.5": 0.5}}
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("- `build`") == 1 and text.count("- `eval --x`") == 1
+    assert text.index("- `build`") < text.index("- `eval --x`") < text.index('"c"')
+    assert json.loads(text.split("```")[1]) == merged

@@ -77,13 +77,15 @@ def check_layout(tok, prompt, answer, out):
     mask = out["assistant_masks"]  # (1, L)
     assert isinstance(ids, torch.Tensor) and ids.shape == mask.shape and ids.shape[0] == 1
     ids, mask = ids[0].tolist(), mask[0].tolist()
-    answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    # the answer follows "Assistant:" with a space, so its first word is the token it is
+    # in a sentence (" Paris", not "Paris")
+    answer_ids = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
     n = len(answer_ids)
     # the mask marks exactly the answer's tokens and the final [SEP]: the last n tokens
     assert mask == [0] * (len(ids) - n) + [1] * n
     assert ids[-n:] == answer_ids
-    assert tok.decode(ids[:-n]) == f"[CLS]User: {prompt}\nAssistant:\n"
-    assert tok.decode(ids) == f"[CLS]User: {prompt}\nAssistant:\n{answer}[SEP]"
+    assert tok.decode(ids[:-n]) == f"[CLS]User: {prompt}\nAssistant:"
+    assert tok.decode(ids) == f"[CLS]User: {prompt}\nAssistant: {answer}[SEP]"
     assert out["attention_mask"][0].tolist() == [1] * len(ids)
 
 
@@ -125,16 +127,16 @@ def test_messages_without_roles_alternate(course_tokenizer):
     out = tok.apply_chat_template(messages, return_dict=True,
                                   return_assistant_tokens_mask=True, return_tensors="pt")
     ids, mask = out["input_ids"][0], out["assistant_masks"][0]
-    assert tok.decode(ids) == ("[CLS]User: Count from 1 to 3.\nAssistant:\n1, 2, 3.[SEP]"
-                               "User: What is the capital of Peru?\nAssistant:\n"
+    assert tok.decode(ids) == ("[CLS]User: Count from 1 to 3.\nAssistant: 1, 2, 3.[SEP]"
+                               "User: What is the capital of Peru?\nAssistant: "
                                "The capital of Peru is Lima.[SEP]")
-    assert tok.decode(ids[mask.bool()]) == "1, 2, 3.[SEP]The capital of Peru is Lima.[SEP]"
+    assert tok.decode(ids[mask.bool()]) == " 1, 2, 3.[SEP] The capital of Peru is Lima.[SEP]"
 
 
 def test_generation_prompt(course_tokenizer):
     text = course_tokenizer.apply_chat_template([{"content": "Hi?"}], tokenize=False,
                                                 add_generation_prompt=True)
-    assert text == "[CLS]User: Hi?\nAssistant:\n"
+    assert text == "[CLS]User: Hi?\nAssistant:"
 
 
 def test_ensure_chat_template(tokenizer_dir):
