@@ -35,11 +35,9 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import CHAT_TEMPLATE
-from .training import TINY_MODEL, TrainConfig, train
+from .training import TINY_MODEL, TrainConfig, init_model, train
 
-SHIP_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "chat_template.jinja")
+MODEL_FILES = ("config.json", "model.safetensors")   # shipped beside the tokenizer's files
 MODEL_CONFIG = dict(TINY_MODEL, num_hidden_layers=6, global_attn_every_n_layers=3)
 RUN_RECORD = "build_run.json"       # a stage's figures (steps, tokens, wall time, loss)
 
@@ -217,13 +215,9 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
                 runs.append(_load_record(cfg))
                 continue
             if reuse and (done_dir / "model.safetensors").exists():
-                from transformers import AutoModelForMaskedLM, AutoTokenizer
-
                 print(f"reusing {done_dir}", flush=True)
-                model = AutoModelForMaskedLM.from_pretrained(done_dir)
-                tok = AutoTokenizer.from_pretrained(done_dir)
-                if cfg.chat_template == "course":
-                    tok.chat_template = CHAT_TEMPLATE
+                # loaded as the stage itself loads its model (and its chat template)
+                model, tok = init_model(dataclasses.replace(cfg, model=str(done_dir)))
                 runs.append(_load_record(cfg))
                 continue
             shutil.rmtree(cfg.output_dir, ignore_errors=True)  # from scratch, every time
@@ -239,11 +233,9 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         src = Path(plan[name][-1].output_dir)
-        for f in SHIP_FILES:
-            if (src / f).exists():
-                shutil.copy2(src / f, out / f)
-        if plan[name][-1].chat_template == "course":   # a reused stage may predate it
-            (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        for f in MODEL_FILES:
+            shutil.copy2(src / f, out / f)
+        tok.save_pretrained(str(out))   # with the recipe's chat template, reused or not
         how = ("`python -m dllm_lesson build-models`, right after training"
                + (f" (held-out rows: a fixed subsample of {eval_limit} questions per split)"
                   if eval_limit else ""))
