@@ -9,7 +9,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "models", "model_path": "models", "SHIPPED": "models",
+    "load_model": "loading", "model_path": "loading", "SHIPPED": "loading",
     "generate": "sampling", "decode_steps": "sampling", "Step": "sampling",
     "build_corpus": "data", "load_chat_dataset": "data",
     "build_tokenizer": "tokenizer",

@@ -136,7 +136,7 @@ def run_bench(model_name: str = "tiny-dllm", lengths=(64, 256), repeats: int = 3
     if repeats < 1 or n_prompts < 1:
         raise ValueError(f"repeats and n_prompts must be >= 1, got {repeats}, {n_prompts}")
     if model is None:
-        from .models import load_model
+        from .loading import load_model
 
         model, tokenizer = load_model(model_name, device=device, backend="lesson")
     if tokenizer is None:
@@ -145,7 +145,7 @@ def run_bench(model_name: str = "tiny-dllm", lengths=(64, 256), repeats: int = 3
         duo = duo_model is not None or "duo" in Path(str(model_name)).name
     duo_pair, suffix = (model, tokenizer), ""
     if duo and duo_model is not None:
-        from .models import load_model
+        from .loading import load_model
 
         duo_pair = load_model(duo_model, device=device, backend="lesson")
         suffix = f" [{Path(str(duo_model)).name}]"

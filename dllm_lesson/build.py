@@ -184,7 +184,7 @@ def build_models(names=("tiny-bert", "tiny-dllm", "tiny-duo"), work_dir="runs/bu
     (default: the package's checkpoints folder). With ``reuse``, the last stage whose
     finished output is already in ``work_dir`` is loaded instead of retrained, and the
     stages before it are skipped."""
-    from . import models as shipped
+    from . import loading as shipped
 
     work = Path(work_dir)
     dest = Path(dest) if dest is not None else Path(shipped.CHECKPOINT_ROOT)

@@ -184,7 +184,7 @@ def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
     """The numbers ``python -m dllm_lesson eval`` prints: :func:`measure_model` for each
     model (loaded on the CPU with the lesson backend), as a dict by model name. ``steps``
     ``[8, 16, 32]`` compares masked and Duo models at equal forward passes."""
-    from .models import load_model
+    from .loading import load_model
 
     _steps_list(steps)  # a bad value fails before any model loads
     results = {}
@@ -251,7 +251,7 @@ def main_eval(argv=None):
             json.dump(results, f, indent=1)
     if args.update_card:
         from .build import update_card
-        from .models import model_path
+        from .loading import model_path
 
         cmd = "python -m dllm_lesson eval " + " ".join(argv or [])
         for name, res in results.items():

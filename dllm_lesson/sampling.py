@@ -695,7 +695,7 @@ def main_generate(argv=None) -> int:
     p.add_argument("--verbose", action="store_true",
                    help="one line per step when the output is not a terminal")
     args = p.parse_args(argv)
-    from .models import load_model
+    from .loading import load_model
 
     backend = args.backend or ("lesson" if args.cache else "transformers")
     model, tokenizer = load_model(args.model, device=args.device, backend=backend)

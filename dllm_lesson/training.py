@@ -291,7 +291,7 @@ def init_model(cfg: TrainConfig):
         torch.manual_seed(cfg.seed)
         model = ModernBertForMaskedLM(mconf)
     else:
-        from .models import SHIPPED, model_path
+        from .loading import SHIPPED, model_path
 
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
         model = AutoModelForMaskedLM.from_pretrained(path)

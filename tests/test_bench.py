@@ -61,7 +61,7 @@ def test_bench_rows(model_dir, tmp_path):
 
 
 def test_bench_duo_rows_on_another_model(model_dir):
-    from dllm_lesson.models import load_model
+    from dllm_lesson.loading import load_model
 
     model, tok = load_model(str(model_dir), device="cpu", backend="lesson")
     L = 32
@@ -77,7 +77,7 @@ def test_bench_duo_rows_on_another_model(model_dir):
 
 
 def test_bench_nfe_is_the_mean_over_prompts(model_dir):
-    from dllm_lesson.models import load_model
+    from dllm_lesson.loading import load_model
 
     model, tok = load_model(str(model_dir), device="cpu", backend="lesson")
     L = 12

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dllm_lesson import evaluate
-from dllm_lesson.models import load_model
+from dllm_lesson.loading import load_model
 from dllm_lesson.sampling import decode_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -100,7 +100,7 @@ class _FakeCachedModel(nn.Module):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from dllm_lesson.models import model_path
+    from dllm_lesson.loading import model_path
 
     return AutoTokenizer.from_pretrained(str(model_path("tiny-dllm")))
 

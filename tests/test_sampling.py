@@ -62,7 +62,7 @@ def hf_model(tokenizer):
 
 @pytest.fixture(scope="module")
 def lesson_model(hf_model):
-    from dllm_lesson.model import ModernBert
+    from dllm_lesson.modernbert import ModernBert
 
     return ModernBert.from_hf(hf_model).eval()
 

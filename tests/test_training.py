@@ -200,7 +200,7 @@ def test_flowlm_script_resume_is_exact(tmp_path):
 def test_torchrun_two_cpu_processes(tmp_path):
     """``torchrun --standalone --nproc_per_node=2 train_dllm.py --preset tiny`` on CPUs
     (gloo): both ranks train, rank 0 writes metrics and the model."""
-    from dllm_lesson.models import model_path
+    from dllm_lesson.loading import model_path
 
     try:
         model_path("tiny-bert")

@@ -224,7 +224,7 @@ def load_model(name_or_path: str | Path, device=None, dtype=None,
     ``device=None`` picks cuda, then mps, then cpu; ``dtype=None`` keeps the
     checkpoint's dtype (float32 for the shipped models).
     ``backend="transformers"`` gives ``AutoModelForMaskedLM``; ``backend="lesson"`` gives
-    the library's compact :class:`dllm_lesson.model.ModernBert` (same logits, plus a
+    the library's compact :class:`dllm_lesson.modernbert.ModernBert` (same logits, plus a
     KV cache). Both answer ``model(input_ids=ids).logits``  # (B, L, V)
     The tokenizer has a chat template (the course's one if it had none); it is ``None``
     when the folder has no tokenizer files.
@@ -264,9 +264,9 @@ def load_model(name_or_path: str | Path, device=None, dtype=None,
 
 def _lesson_class():
     try:
-        from .model import ModernBert
+        from .modernbert import ModernBert
     except ImportError as e:
-        raise ImportError("backend='lesson' needs dllm_lesson.model.ModernBert, which "
+        raise ImportError("backend='lesson' needs dllm_lesson.modernbert.ModernBert, which "
                           f"could not be imported ({e}); use backend='transformers'") from e
     return ModernBert
 

@@ -1,4 +1,4 @@
-"""dllm_lesson.model against transformers' ModernBertForMaskedLM, and its KV cache.
+"""dllm_lesson.modernbert against transformers' ModernBertForMaskedLM, and its KV cache.
 
 Every model here is a random tiny ModernBERT (offline, fast). Weights are drawn large
 enough that attention is sharp, so a wrong window, RoPE base or norm shows up in logits.
@@ -20,7 +20,7 @@ from transformers import (
     ModernBertModel,
 )
 
-from dllm_lesson.model import (
+from dllm_lesson.modernbert import (
     KVCache,
     ModernBert,
     attention_bias,

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dllm_lesson import models
-from dllm_lesson.models import BrokenModelError, ModelNotFoundError, load_model, model_path
+from dllm_lesson import loading as models
+from dllm_lesson.loading import BrokenModelError, ModelNotFoundError, load_model, model_path
 
 SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo")
 REAL_ROOT = models.CHECKPOINT_ROOT
@@ -243,9 +243,9 @@ def test_bad_arguments(shipped_root):
             load_model("tiny-bert", device="cuda")
 
 
-# -- the lesson backend (dllm_lesson.model, written separately) --------------------------
+# -- the lesson backend (dllm_lesson.modernbert, written separately) --------------------------
 def test_lesson_backend_matches_transformers(shipped_root):
-    pytest.importorskip("dllm_lesson.model")
+    pytest.importorskip("dllm_lesson.modernbert")
     hf_model, tok = load_model("tiny-dllm", device="cpu")
     lesson_model, tok2 = load_model("tiny-dllm", device="cpu", backend="lesson")
     assert type(lesson_model).__name__ == "ModernBert"
