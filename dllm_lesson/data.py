@@ -12,20 +12,31 @@ Splits (taught in ``00_welcome`` and ``02_llada_training``):
 * ``heldout_phrasings``: question templates never used in SFT, asked about entities that
   SFT did ask about.
 
+Corpus v2 (``build_corpus(seed, version=2)``; :mod:`dllm_lesson.phrasing` builds its
+questions) adds questions in many words (lead-ins, cores, tails, typos; the phrasing split
+holds out whole cores), open-ended tasks with many right answers scored for consistency
+(``open_ended``), and a reversal split: facts stated one way only in pretraining, never
+asked in SFT, asked both ways (``reversal_forward``, ``reversal_backward``).
+
 The chat files use the ``messages`` format of hub SFT sets (Tulu and friends), so
 :func:`load_chat_dataset` sends hub data and offline data down one code path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import phrasing
 from .facts import ANIMALS, COLOURS, COUNTRIES, NUMBER_WORDS
 
+#: the corpus the shipped models were trained on (v2 is built with ``version=2``)
 CORPUS_VERSION = 1
+VERSIONS = (1, 2)
 DEFAULT_SEED = 0
 
 # -- question templates ---------------------------------------------------------------
@@ -153,10 +164,32 @@ class Corpus:
     sft: list[Example] = field(default_factory=list)
     heldout_entities: list[Example] = field(default_factory=list)
     heldout_phrasings: list[Example] = field(default_factory=list)
+    version: int = 1
+    #: v2 only: open-ended questions (scored for consistency) and the reversal split
+    open_ended: list[Example] = field(default_factory=list)
+    reversal_forward: list[Example] = field(default_factory=list)
+    reversal_backward: list[Example] = field(default_factory=list)
 
     def splits(self) -> dict[str, list]:
-        return {"sft": self.sft, "heldout_entities": self.heldout_entities,
-                "heldout_phrasings": self.heldout_phrasings}
+        """The chat splits by name (v1: three; v2 adds the open-ended and reversal ones)."""
+        out = {"sft": self.sft, "heldout_entities": self.heldout_entities,
+               "heldout_phrasings": self.heldout_phrasings}
+        if self.version >= 2:
+            out.update(open_ended=self.open_ended, reversal_forward=self.reversal_forward,
+                       reversal_backward=self.reversal_backward)
+        return out
+
+    def fingerprint(self) -> str:
+        """A short hash of every split's content: a model trained on one corpus records it,
+        so a build can tell when the corpus it reuses a stage from has changed."""
+        h = hashlib.sha256(f"v{self.version}".encode())
+        for text in self.pretrain:
+            h.update(text.encode() + b"\n")
+        for name, rows in self.splits().items():
+            h.update(name.encode())
+            for ex in rows:
+                h.update(json.dumps(ex.to_row(), sort_keys=True).encode() + b"\n")
+        return h.hexdigest()[:16]
 
 
 # -- the entities of each task, and how a question about one is answered ---------------
@@ -214,11 +247,17 @@ def _pretrain_sentences(rng: random.Random) -> list[str]:
 
 
 def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
-                 n_count: int = 300) -> Corpus:
+                 n_count: int = 300, version: int = CORPUS_VERSION) -> Corpus:
     """Generate the whole corpus, deterministically from ``seed``.
 
+    ``version=1`` is the corpus of the shipped models; ``version=2`` adds questions in many
+    words, open-ended tasks and the reversal split (see the module docstring).
     Taught in ``00_welcome``.
     """
+    if version not in VERSIONS:
+        raise ValueError(f"unknown corpus version {version!r}; choose one of {VERSIONS}")
+    if version == 2:
+        return _build_v2(seed, n_describe_many, n_count)
     rng = random.Random(seed)
     corpus = Corpus(seed=seed)
 
@@ -261,31 +300,40 @@ def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
     sft_ok = [c for c in by_name if c not in country_facts_out]
     eval_ok = sorted(heldout["describe"])
     seen_lists: set[tuple[str, ...]] = set()
-
-    def many(pool: list[str], n_min: int, n_max: int, split: list[Example], n: int,
-             train: bool) -> None:
-        templates = QUESTIONS["describe_many"]
-        while n > 0:
-            names = tuple(rng.sample(pool, rng.randint(n_min, min(n_max, len(pool)))))
-            if names in seen_lists:
-                continue
-            seen_lists.add(names)
-            listed = ", ".join(names[:-1]) + " and " + names[-1]
-            ti = rng.randrange(len(templates) - 1) if train else len(templates) - 1
-            answer = "\n".join(describe_country(*by_name[c]) for c in names)
-            keys = tuple(k for c in names for k in by_name[c][1:])
-            split.append(Example("describe_many", templates[ti].format(countries=listed),
-                                 answer, keys, "|".join(names), ti))
-            n -= 1
-
-    many(sft_ok, 2, 12, corpus.sft, n_describe_many, train=True)
+    _describe_many(rng, sft_ok, 2, 12, corpus.sft, n_describe_many, True, seen_lists)
     # held-out long prompts: new lists of SFT countries, asked with the held-out phrasing
-    many(sft_ok, 10, 12, corpus.heldout_phrasings, 40, train=False)
+    _describe_many(rng, sft_ok, 10, 12, corpus.heldout_phrasings, 40, False, seen_lists)
     # and lists that mix in held-out countries (whose facts SFT never showed)
     mixed_pool = sft_ok[: len(eval_ok) * 2] + eval_ok
-    many(mixed_pool, 3, 6, corpus.heldout_entities, 20, train=True)
+    _describe_many(rng, mixed_pool, 3, 6, corpus.heldout_entities, 20, True, seen_lists)
+    _counting(rng, n_count, corpus.sft, corpus.heldout_entities)
+    corpus.pretrain = _pretrain_documents(rng, _pretrain_sentences(rng))
+    return corpus
 
-    # counting: held-out ranges are never counted in SFT
+
+def _describe_many(rng: random.Random, pool: list[str], n_min: int, n_max: int,
+                   split: list[Example], n: int, train: bool,
+                   seen_lists: set[tuple[str, ...]]) -> None:
+    """Append ``n`` describe_many questions about new lists of ``pool``'s countries."""
+    by_name = {c[0]: c for c in COUNTRIES}
+    templates = QUESTIONS["describe_many"]
+    while n > 0:
+        names = tuple(rng.sample(pool, rng.randint(n_min, min(n_max, len(pool)))))
+        if names in seen_lists:
+            continue
+        seen_lists.add(names)
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        ti = rng.randrange(len(templates) - 1) if train else len(templates) - 1
+        answer = "\n".join(describe_country(*by_name[c]) for c in names)
+        keys = tuple(k for c in names for k in by_name[c][1:])
+        split.append(Example("describe_many", templates[ti].format(countries=listed),
+                             answer, keys, "|".join(names), ti))
+        n -= 1
+
+
+def _counting(rng: random.Random, n_count: int, sft: list[Example],
+              heldout: list[Example]) -> None:
+    """Counting questions; held-out ranges are never counted in SFT."""
     count_t = QUESTIONS["count"]
     ranges = set()
     while len(ranges) < n_count + 60:
@@ -296,34 +344,204 @@ def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
     for i, (a, b) in enumerate(ranges):
         ex_fields = {"a": a, "b": b}
         answer = count_answer(a, b)
-        if i < n_count:
-            ti = rng.randrange(len(count_t) - 1)
-            corpus.sft.append(Example("count", count_t[ti].format(**ex_fields), answer,
-                                      (answer,), f"{a}-{b}", ti))
-        else:
-            ti = rng.randrange(len(count_t) - 1)
-            corpus.heldout_entities.append(
-                Example("count", count_t[ti].format(**ex_fields), answer, (answer,),
-                        f"{a}-{b}", ti))
+        ti = rng.randrange(len(count_t) - 1)
+        split = sft if i < n_count else heldout
+        split.append(Example("count", count_t[ti].format(**ex_fields), answer, (answer,),
+                             f"{a}-{b}", ti))
 
-    # pretraining text: shuffled facts grouped into short documents, plus counting runs
-    facts = _pretrain_sentences(rng)
-    for _ in range(6):  # each fact appears in several documents, in varying company
+
+def _pretrain_documents(rng: random.Random, facts: list[str]) -> list[str]:
+    """Shuffled facts grouped into short documents (each fact in several documents, in
+    varying company), plus counting runs."""
+    docs = []
+    for _ in range(6):
         order = facts[:]
         rng.shuffle(order)
         while order:
             k = rng.randint(2, 6)
-            corpus.pretrain.append(" ".join(order[:k]))
+            docs.append(" ".join(order[:k]))
             order = order[k:]
     for _ in range(400):
         a = rng.randint(1, 250)
-        corpus.pretrain.append(count_answer(a, a + rng.randint(3, 30)))
-    rng.shuffle(corpus.pretrain)
+        docs.append(count_answer(a, a + rng.randint(3, 30)))
+    rng.shuffle(docs)
+    return docs
+
+
+# -- corpus v2 ------------------------------------------------------------------------------
+#: countries whose capital fact pretraining states in one direction only ("The capital of X
+#: is Y.", never "Y is the capital of X."), never asked about their capital in SFT
+N_REVERSAL = 30
+#: SFT prompts per (task, entity) in v2, and held-out-entity prompts per (task, entity)
+V2_SFT_PROMPTS = 6
+V2_HELDOUT_PROMPTS = 4
+#: open-ended tasks: many right answers whose tokens depend on each other
+OPEN_ENDED_TASKS = tuple(phrasing.OPEN_CORES)
+#: languages spoken in at least three countries (enough for "name two countries")
+_MIN_COUNTRIES_PER_LANGUAGE = 3
+
+
+def _open_answer(task: str, rng: random.Random, entity: str, pool: list[tuple]) -> str:
+    """One right answer to an open-ended question, drawn from ``pool``'s facts."""
+    if task == "pair_capital":
+        country, capital, *_ = rng.choice([c for c in pool if c[2] == entity])
+        return f"The capital of {country} is {capital}."
+    if task == "pair_sound":
+        animal, _legs_n, sound, _cls = rng.choice(ANIMALS)
+        return f"A {animal} {sound}."
+    first, second = rng.sample([c[0] for c in pool if c[3] == entity], 2)
+    return f"{first} and {second}."
+
+
+def consistent(task: str, entity: str, answer: str) -> bool:
+    """Is ``answer`` a right answer to the open-ended question ``(task, entity)``?
+
+    Consistency, not exact match: "Name a country in Africa and its capital." accepts
+    any true (country, capital) pair in Africa; "Name two countries where Spanish is
+    spoken." accepts any two different Spanish-speaking countries. Decoding several
+    dependent tokens from independent marginals breaks exactly this (a country from one
+    right answer, a capital from another). Taught in ``05_remasking_and_parallel_decoding``.
+    """
+    countries = {c[0]: c for c in COUNTRIES}
+    text = answer.strip()
+    if task == "pair_capital":
+        m = re.fullmatch(r"The capital of (.+) is (.+)\.", text)
+        return bool(m) and m.group(1) in countries and \
+            countries[m.group(1)][1] == m.group(2) and countries[m.group(1)][2] == entity
+    if task == "pair_sound":
+        m = re.fullmatch(r"An? (\w+) (\w+)\.", text)
+        return bool(m) and (m.group(1), m.group(2)) in {(a, snd) for a, _n, snd, _c in ANIMALS}
+    if task == "two_countries":
+        m = re.fullmatch(r"(.+) and (.+)\.", text)
+        return bool(m) and m.group(1) != m.group(2) and all(
+            g in countries and countries[g][3] == entity for g in m.groups())
+    raise ValueError(f"unknown open-ended task {task!r}; choose one of {OPEN_ENDED_TASKS}")
+
+
+def _v2_open_params(pools: dict[str, list[tuple]]) -> dict[str, list[str]]:
+    """The open-ended questions' parameters: continents, languages (``""``: none)."""
+    langs: dict[str, int] = {}
+    for c in pools["two_countries"]:
+        langs[c[3]] = langs.get(c[3], 0) + 1
+    return {"pair_capital": sorted({c[2] for c in pools["pair_capital"]}),
+            "pair_sound": [""],
+            "two_countries": sorted(k for k, n in langs.items()
+                                    if n >= _MIN_COUNTRIES_PER_LANGUAGE)}
+
+
+def _build_v2(seed: int, n_describe_many: int, n_count: int) -> Corpus:
+    rng = random.Random(seed)
+    corpus = Corpus(seed=seed, version=2)
+    tasks = _task_entities()
+    by_name = {c[0]: c for c in COUNTRIES}
+
+    # the reversal countries first: their capital fact is never asked in SFT, either way
+    reversal = sorted(c[0] for c in rng.sample([c for c in COUNTRIES if c[0] != c[1]],
+                                               N_REVERSAL))
+    reversal_capitals = {by_name[c][1] for c in reversal}
+
+    # held-out entities, as in v1, but never a reversal country
+    heldout: dict[str, set[str]] = {}
+    taken: set[str] = set(reversal)
+    for task in ["capital", "continent", "language", "country_of_capital", "legs",
+                 "sound", "colour", "describe"]:
+        names = [e[0] for e in tasks[task] if e[0] not in taken
+                 and e[0] not in reversal_capitals]
+        k = max(2, round(HELDOUT_FRACTION * len(tasks[task])))
+        heldout[task] = set(rng.sample(names, k))
+        if task in ("capital", "continent", "language", "country_of_capital", "describe"):
+            taken |= heldout[task]
+    country_facts_out = (heldout["capital"] | heldout["continent"] | heldout["language"]
+                         | heldout["describe"] | set(reversal)
+                         | {c for c, cap, *_ in COUNTRIES if cap in heldout["country_of_capital"]})
+    # SFT never asks a reversal country's capital (either way) nor describes it
+    not_in_sft = {"capital": set(reversal), "country_of_capital": reversal_capitals,
+                  "describe": country_facts_out}
+
+    for task, entities in tasks.items():
+        if task not in phrasing.CORES:
+            continue
+        train_cores = phrasing.train_cores(task)
+        for name, fields, answer, keys in entities:
+            if name in heldout.get(task, ()):
+                for j in range(V2_HELDOUT_PROMPTS):
+                    ci = 0 if j == 0 else rng.randrange(len(train_cores))
+                    q = phrasing.compose(train_cores[ci], fields, rng, plain=j == 0)
+                    corpus.heldout_entities.append(Example(task, q, answer, keys, name, ci))
+                continue
+            if name in not_in_sft.get(task, ()):
+                continue
+            for j in range(V2_SFT_PROMPTS):
+                ci = j if j < 2 else rng.randrange(len(train_cores))
+                q = phrasing.compose(train_cores[ci], fields, rng, plain=j < 2)
+                corpus.sft.append(Example(task, q, answer, keys, name, ci))
+            ci = rng.randrange(phrasing.N_HELDOUT_CORES)
+            q = phrasing.compose(phrasing.heldout_cores(task)[ci], fields, rng)
+            corpus.heldout_phrasings.append(Example(
+                task, q, answer, keys, name, len(train_cores) + ci))
+
+    # the reversal split: forward ("What is the capital of X?") and backward ("Y is the
+    # capital of which country?") questions about facts pretraining states forward only
+    for country in reversal:
+        _c, capital, _cont, _lang = by_name[country]
+        for split, task, fields, answer, keys in [
+            (corpus.reversal_forward, "capital", {"country": country},
+             f"The capital of {country} is {capital}.", (capital,)),
+            (corpus.reversal_backward, "country_of_capital", {"capital": capital},
+             f"{capital} is the capital of {country}.", (country,)),
+        ]:
+            cores = phrasing.train_cores(task)
+            for j in range(V2_HELDOUT_PROMPTS):
+                ci = 0 if j == 0 else rng.randrange(len(cores))
+                split.append(Example(task, phrasing.compose(cores[ci], fields, rng,
+                                                            plain=j == 0),
+                                     answer, keys, country, ci))
+
+    # open-ended tasks: SFT shows many right answers to each question, drawn from facts
+    # SFT may show; the eval split asks the same questions in other words
+    # (an answer states facts: only those SFT may show. "The capital of X is Y." states X's
+    # capital and continent; "X and Z." states their language)
+    capital_out = (heldout["capital"] | heldout["continent"] | set(reversal)
+                   | {c for c, cap, *_ in COUNTRIES if cap in heldout["country_of_capital"]})
+    pools = {"pair_capital": [c for c in COUNTRIES if c[0] not in capital_out],
+             "pair_sound": [],
+             "two_countries": [c for c in COUNTRIES if c[0] not in heldout["language"]]}
+    for task, params in _v2_open_params(pools).items():
+        cores = phrasing.OPEN_CORES[task]
+        pool = pools[task]
+        for entity in params:
+            fields = {"continent": entity, "language": entity}
+            for ci, core in enumerate(cores):
+                for j in range(8):
+                    q = phrasing.compose(core, fields, rng, plain=j == 0)
+                    corpus.sft.append(Example(task, q, _open_answer(task, rng, entity, pool),
+                                              (), entity, ci))
+            n_eval = max(2, 80 // (len(params) * len(cores)))
+            for ci, core in enumerate(cores):
+                for j in range(n_eval):
+                    q = phrasing.compose(core, fields, rng, plain=j == 0)
+                    corpus.open_ended.append(Example(
+                        task, q, _open_answer(task, rng, entity, pool), (), entity, ci))
+
+    # long answers and counting, as in v1 (reversal countries are never described in SFT)
+    sft_ok = [c for c in by_name if c not in country_facts_out]
+    eval_ok = sorted(heldout["describe"])
+    seen_lists: set[tuple[str, ...]] = set()
+    _describe_many(rng, sft_ok, 2, 12, corpus.sft, n_describe_many, True, seen_lists)
+    _describe_many(rng, sft_ok, 10, 12, corpus.heldout_phrasings, 40, False, seen_lists)
+    mixed_pool = sft_ok[: len(eval_ok) * 2] + eval_ok
+    _describe_many(rng, mixed_pool, 3, 6, corpus.heldout_entities, 20, True, seen_lists)
+    _counting(rng, n_count, corpus.sft, corpus.heldout_entities)
+
+    facts = [f for f in _pretrain_sentences(rng)
+             if not any(f.startswith(f"{cap} is the capital") for cap in reversal_capitals)]
+    corpus.pretrain = _pretrain_documents(rng, facts)
     return corpus
 
 
 # -- files and datasets -------------------------------------------------------------------
-def write_corpus(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
+def write_corpus(out_dir: str | Path, seed: int = DEFAULT_SEED,
+                 version: int = CORPUS_VERSION) -> Path:
     """Write the corpus as JSONL files (one per split) and return the folder.
 
     Files: ``pretrain.jsonl`` (``{"text": ...}``) and ``sft.jsonl``,
@@ -331,7 +549,7 @@ def write_corpus(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus(seed)
+    corpus = build_corpus(seed, version=version)
     with open(out / "pretrain.jsonl", "w", encoding="utf-8") as f:
         for text in corpus.pretrain:
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
@@ -342,12 +560,12 @@ def write_corpus(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return out
 
 
-def corpus_dir(seed: int = DEFAULT_SEED) -> Path:
+def corpus_dir(seed: int = DEFAULT_SEED, version: int = CORPUS_VERSION) -> Path:
     """The cached JSONL corpus for ``seed`` (written on first use)."""
-    base = Path.home() / ".cache" / "dllm_lesson" / f"corpus-v{CORPUS_VERSION}-seed{seed}"
+    base = Path.home() / ".cache" / "dllm_lesson" / f"corpus-v{version}-seed{seed}"
     if not (base / "heldout_phrasings.jsonl").exists():
         tmp = base.with_name(base.name + f".tmp{random.random():.9f}")
-        write_corpus(tmp, seed)
+        write_corpus(tmp, seed, version)
         try:
             tmp.rename(base)
         except OSError:  # another process won the race: its files are identical
@@ -359,9 +577,12 @@ def corpus_dir(seed: int = DEFAULT_SEED) -> Path:
 
 OFFLINE = "offline"
 SPLITS = ("pretrain", "sft", "heldout_entities", "heldout_phrasings")
+#: the splits of corpus v2 (v1's and the open-ended and reversal ones)
+SPLITS_V2 = SPLITS + ("open_ended", "reversal_forward", "reversal_backward")
 
 
-def load_chat_dataset(name: str = OFFLINE, split: str = "sft", seed: int = DEFAULT_SEED):
+def load_chat_dataset(name: str = OFFLINE, split: str = "sft", seed: int = DEFAULT_SEED,
+                      version: int = CORPUS_VERSION):
     """Load a chat dataset as a ``datasets.Dataset`` with a ``messages`` column.
 
     ``name="offline"`` is the generated corpus (read back from its JSONL files through
@@ -372,10 +593,11 @@ def load_chat_dataset(name: str = OFFLINE, split: str = "sft", seed: int = DEFAU
     import datasets
 
     if name == OFFLINE:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r} of the offline corpus; "
-                             f"choose one of {', '.join(SPLITS)}")
-        path = corpus_dir(seed) / f"{split}.jsonl"
+        known = SPLITS_V2 if version >= 2 else SPLITS
+        if split not in known:
+            raise ValueError(f"unknown split {split!r} of the offline corpus v{version}; "
+                             f"choose one of {', '.join(known)}")
+        path = corpus_dir(seed, version) / f"{split}.jsonl"
         return datasets.load_dataset("json", data_files=str(path), split="train")
     p = Path(name)
     if p.suffix in (".json", ".jsonl") and not p.exists():
