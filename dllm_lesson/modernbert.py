@@ -107,14 +107,18 @@ def rope_thetas(config) -> tuple[float, float]:
 
 
 def rope_cos_sin(positions: torch.Tensor, theta: float, head_dim: int, dtype: torch.dtype):
-    """cos and sin tables for rotary embeddings at ``positions`` (W,), each (W, head_dim).
+    """cos and sin tables for rotary embeddings at ``positions`` (W,), each (W, head_dim);
+    for per-row positions (B, W) they are (B, 1, W, head_dim) (one row per sequence,
+    broadcast over the heads).
 
     Taught in ``04_block_generation_and_kv_cache``.
     angle[p, k] = p * theta^(-2k / d) for k < d/2, repeated twice along the last axis.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-    angles = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]  # (W, d/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (W, d)
+    angles = positions.float()[..., None] * inv_freq.to(positions.device)  # (..., W, d/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (..., W, d)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, W, d)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -155,6 +159,43 @@ def attention_bias(start: int, num_queries: int, num_keys: int,
         return None
     zeros = torch.zeros(visible.shape, dtype=dtype, device=device)
     return zeros.masked_fill(~visible, float("-inf"))
+
+
+@dataclass
+class RowSpans:
+    """Attention computed row by row, each row over its own real tokens only.
+
+    Taught in ``04_block_generation_and_kv_cache``. A padded row's attention, computed in
+    the padded batch with -inf on the padding keys, differs from the same row computed
+    alone in the last bits (the reductions over keys are grouped differently when the key
+    count changes), and the difference grows through the layers to ~1e-5 in the logits.
+    Batched decoding must give each prompt the tokens it gets alone, so it asks for this
+    path: ``rows[b] = (q_lo, q_hi, k_lo, k_hi, bias)``: row ``b``'s real queries and keys
+    (one contiguous run each) and the sliding-window bias it would have alone. Padding
+    queries get zeros. Costs one attention call per row (cheap on a CPU).
+    """
+
+    rows: list
+
+
+def row_spans(start: int, num_queries: int, key_mask: torch.Tensor,
+              half_window: int | None, dtype, device) -> RowSpans | None:
+    """The :class:`RowSpans` of a padded batch, or None when a row's real tokens are not
+    one contiguous run (then the masked batched attention is used)."""
+    rows = []
+    for b in range(key_mask.shape[0]):
+        real = key_mask[b].nonzero()[:, 0]
+        if len(real) == 0:
+            return None
+        k_lo, k_hi = int(real[0]), int(real[-1]) + 1
+        if k_hi - k_lo != len(real):
+            return None
+        q_lo = min(max(k_lo - start, 0), num_queries)
+        q_hi = max(min(k_hi - start, num_queries), q_lo)
+        bias = attention_bias(start + q_lo - k_lo, q_hi - q_lo, k_hi - k_lo, None,
+                              half_window, dtype, device)
+        rows.append((q_lo, q_hi, k_lo, k_hi, bias))
+    return RowSpans(rows)
 
 
 # -- the building blocks (names match HF's, so checkpoints load unchanged) -----------
@@ -209,9 +250,17 @@ class Attention(nn.Module):
             K[:, :, start:start + W] = k
             V[:, :, start:start + W] = v
             k, v = K, V
-        # softmax(q k^T / sqrt(d) + mask) v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             scale=self.head_dim ** -0.5)  # (B, h, W, d)
+        scale = self.head_dim ** -0.5
+        if isinstance(mask, RowSpans):  # row by row, over each row's own tokens
+            out = torch.zeros_like(q)
+            for b, (q_lo, q_hi, k_lo, k_hi, bias) in enumerate(mask.rows):
+                if q_hi > q_lo:
+                    out[b:b + 1, :, q_lo:q_hi] = F.scaled_dot_product_attention(
+                        q[b:b + 1, :, q_lo:q_hi], k[b:b + 1, :, k_lo:k_hi],
+                        v[b:b + 1, :, k_lo:k_hi], attn_mask=bias, scale=scale)
+        else:  # softmax(q k^T / sqrt(d) + mask) v
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 scale=scale)  # (B, h, W, d)
         return self.Wo(out.transpose(1, 2).reshape(B, W, -1)), k, v
 
 
@@ -268,13 +317,17 @@ class KVCache:
     """Per-layer keys and values (after RoPE) of one full forward.
 
     Taught in ``04_block_generation_and_kv_cache``. ``keys[l]`` and ``values[l]`` are
-    (B, heads, L, head_dim); ``attention_mask`` (B, L) marks real tokens (None: all).
+    (B, heads, L, head_dim); ``attention_mask`` (B, L) marks real tokens (None: all);
+    ``position_ids`` (B, L) the positions it was built with (None: 0 .. L-1), ``per_row``
+    whether it was built with ``per_row=True`` (window passes inherit both).
     :meth:`ModernBert.forward_window` overwrites the window's rows in place.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    per_row: bool = False
 
     @property
     def length(self) -> int:
@@ -284,8 +337,19 @@ class KVCache:
     def clone(self) -> KVCache:
         """A copy that later in-place window updates leave untouched."""
         mask = None if self.attention_mask is None else self.attention_mask.clone()
+        pos = None if self.position_ids is None else self.position_ids.clone()
         return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values],
-                       mask)
+                       mask, pos, self.per_row)
+
+    def select(self, rows) -> KVCache:
+        """A copy holding only the batch rows ``rows`` (a list of indices)."""
+        idx = torch.as_tensor(rows, device=self.keys[0].device)
+
+        def pick(t):
+            return None if t is None else t[idx]
+
+        return KVCache([k[idx] for k in self.keys], [v[idx] for v in self.values],
+                       pick(self.attention_mask), pick(self.position_ids), self.per_row)
 
 
 # -- the model -------------------------------------------------------------------------
@@ -340,21 +404,29 @@ class ModernBert(nn.Module):
         """
         return self.embeddings.tok_embeddings(input_ids)  # (B, L, H)
 
-    def _run(self, h, start, key_mask, cache=None, collect=False):
-        """Layers + head for hidden states h (B, W, H) at positions start .. start+W-1.
+    def _run(self, h, start, key_mask, cache=None, collect=False, positions=None,
+             per_row=False):
+        """Layers + head for hidden states h (B, W, H) at sequence indices
+        start .. start+W-1; ``positions`` (B, W) their RoPE positions (default: the
+        indices). ``per_row``: attention row by row over each row's real tokens
+        (:class:`RowSpans`), when ``key_mask`` pads some row.
 
         Returns logits (B, W, V) and, with ``collect``, every layer's K and V.
         """
         W = h.shape[1]
         num_keys = cache.length if cache is not None else W
-        positions = torch.arange(start, start + W, device=h.device)  # (W,)
+        if positions is None:
+            positions = torch.arange(start, start + W, device=h.device)  # (W,)
+        padded = key_mask is not None and not bool(key_mask.all())
         rope, masks = {}, {}
         for is_global in {layer.is_global for layer in self.layers}:
             theta = self.global_theta if is_global else self.local_theta
             rope[is_global] = rope_cos_sin(positions, theta, self.head_dim, h.dtype)
             window = None if is_global else self.half_window
-            masks[is_global] = attention_bias(start, W, num_keys, key_mask, window,
-                                              h.dtype, h.device)
+            spans = (row_spans(start, W, key_mask, window, h.dtype, h.device)
+                     if per_row and padded else None)
+            masks[is_global] = spans or attention_bias(start, W, num_keys, key_mask,
+                                                       window, h.dtype, h.device)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
@@ -366,16 +438,22 @@ class ModernBert(nn.Module):
         logits = self.decoder(self.head(self.final_norm(h)))  # (B, W, V)
         return logits, keys, values
 
-    def _check_mask(self, attention_mask, batch: int, length: int):
+    def _check_mask(self, attention_mask, batch: int, length: int, position_ids=None):
         if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask must have shape (B, L) = {(batch, length)}, "
                              f"got {tuple(attention_mask.shape)}.")
+        if position_ids is not None and tuple(position_ids.shape) != (batch, length):
+            raise ValueError(f"position_ids must have shape (B, L) = {(batch, length)}, "
+                             f"got {tuple(position_ids.shape)}.")
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None):
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None,
+                position_ids=None, per_row=False):
         """Logits (B, L, V) for ids (B, L) or embeddings (B, L, H); mask (B, L), 1 = real.
 
         Taught in ``04_block_generation_and_kv_cache``. Returns an object with
-        ``.logits``, like transformers.
+        ``.logits``, like transformers. ``position_ids`` (B, L): RoPE positions (for
+        left padding, as in transformers). ``per_row=True``: a padded row gets bit for bit
+        the logits it gets alone (:class:`RowSpans`; batched decoding uses it).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids (B, L) or inputs_embeds "
@@ -390,24 +468,28 @@ class ModernBert(nn.Module):
                 raise ValueError("inputs_embeds must be (B, L, H).")
             h = self.embeddings.norm(inputs_embeds)  # (B, L, H)
         B, L, _ = h.shape
-        self._check_mask(attention_mask, B, L)
-        logits, _, _ = self._run(h, 0, attention_mask)
+        self._check_mask(attention_mask, B, L, position_ids)
+        logits, _, _ = self._run(h, 0, attention_mask, positions=position_ids,
+                                 per_row=per_row)
         return MaskedLMOutput(logits=logits)
 
     @torch.no_grad()
-    def build_cache(self, input_ids, attention_mask=None) -> tuple[torch.Tensor, KVCache]:
+    def build_cache(self, input_ids, attention_mask=None, position_ids=None,
+                    per_row=False) -> tuple[torch.Tensor, KVCache]:
         """Full forward that also keeps every layer's K and V: (logits (B, L, V), cache).
 
         Taught in ``04_block_generation_and_kv_cache``. Run it at the start of a block
-        (or at every step for the exact, uncached result).
+        (or at every step for the exact, uncached result). ``position_ids`` and
+        ``per_row`` as in :meth:`forward`; the cache keeps them for the window passes.
         """
         if input_ids.dim() != 2:
             raise ValueError("input_ids must be (B, L); use ids[None] for one sequence.")
         B, L = input_ids.shape
-        self._check_mask(attention_mask, B, L)
+        self._check_mask(attention_mask, B, L, position_ids)
         logits, keys, values = self._run(self.embeddings(input_ids), 0, attention_mask,
-                                         collect=True)
-        return logits, KVCache(keys, values, attention_mask)
+                                         collect=True, positions=position_ids,
+                                         per_row=per_row)
+        return logits, KVCache(keys, values, attention_mask, position_ids, per_row)
 
     @torch.no_grad()
     def forward_window(self, window_ids, start: int, cache: KVCache) -> torch.Tensor:
@@ -427,8 +509,10 @@ class ModernBert(nn.Module):
         if start < 0 or W == 0 or start + W > cache.length:
             raise ValueError(f"window [{start}, {start + W}) must be a non-empty part of "
                              f"the cached sequence [0, {cache.length}).")
+        positions = (None if cache.position_ids is None
+                     else cache.position_ids[:, start:start + W])
         logits, _, _ = self._run(self.embeddings(window_ids), start, cache.attention_mask,
-                                 cache=cache)
+                                 cache=cache, positions=positions, per_row=cache.per_row)
         return logits  # (B, W, V)
 
     # -- loading ----------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import Iterator
 import torch
 
 from . import duo
+from .modernbert import ModernBert
 
 STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo")
 CACHES = (None, "prefix", "dual")
@@ -328,47 +329,82 @@ class _Duo:
 
 # -- the model, with or without a KV cache -------------------------------------------------
 class _Forward:
-    """Calls the model, counts forward passes (NFE) and hides the KV cache.
+    """Calls the model, counts forward passes (NFE, per row) and hides the KV cache.
 
     No cache: a full forward each step. ``prefix`` / ``dual``: at a block's start
     ``build_cache`` runs the full sequence and stores every layer's K and V; later steps
     of the block recompute only a window (``prefix``: block start to the end of the
     sequence; ``dual``: the block alone) against the cached K, V of everything else.
     ``refresh="step"`` rebuilds the cache every step, which is the uncached computation.
+
+    A batch is left-padded (``pads[r]`` padding tokens before row ``r``), so that every
+    row's answer starts at the same index and one window serves all rows; each call runs
+    the rows ``rows`` that still decode (a row that finished its block waits). The
+    ``attention_mask`` hides the padding and ``position_ids`` give each row the positions
+    it has alone; the library's ModernBERT also computes attention row by row
+    (``per_row``), so that a row's logits are bit for bit those it gets alone.
     """
 
-    def __init__(self, model, cache, refresh, answer_start, answer_length):
+    def __init__(self, model, cache, refresh, answer_start, answer_length, pads=(0,),
+                 attention_mask=None, position_ids=None):
         self.model, self.cache, self.refresh = model, cache, refresh
         self.a0, self.A = answer_start, answer_length
-        self.kv = None
-        self.nfe = 0
+        self.pads = list(pads)
+        self.mask, self.positions = attention_mask, position_ids        # (B, L) or None
+        self.per_row = isinstance(model, ModernBert)
+        self.kv, self.kv_rows = None, None
+        self.nfe = [0] * len(self.pads)
 
     def new_block(self):
-        self.kv = None
+        self.kv, self.kv_rows = None, None
 
-    def __call__(self, x: torch.Tensor, bs: int, be: int):
-        """Logits of answer rows ``lo:hi``: returns ``(lo, hi, logits (hi - lo, V))``."""
+    def _inputs(self, x, rows):
+        """The rows' input ids and the padding keywords (none for an unpadded batch)."""
+        if len(rows) == x.shape[0]:
+            idx = None
+        else:
+            idx = torch.tensor(rows, device=x.device)
+            x = x[idx]
+        if self.mask is None:
+            return x, {}
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        kw = dict(attention_mask=pick(self.mask), position_ids=pick(self.positions))
+        if self.per_row:
+            kw["per_row"] = True
+        return x, kw
+
+    def __call__(self, x: torch.Tensor, rows: list[int], bs: int, be: int):
+        """Logits of answer positions ``lo:hi`` of the batch rows ``rows``:
+        ``(lo, hi, logits (len(rows), hi - lo, V))``."""
         a0, A = self.a0, self.A
-        self.nfe += 1
+        for r in rows:
+            self.nfe[r] += 1
+        xr, kw = self._inputs(x, rows)
         if self.cache is None:
-            logits = self.model(input_ids=x).logits                  # (1, L, V)
-            return 0, A, logits[0, a0:a0 + A]
+            logits = self.model(input_ids=xr, **kw).logits           # (R, L, V)
+            return 0, A, logits[:, a0:a0 + A]
         if self.kv is None or self.refresh == "step":
-            logits, self.kv = self.model.build_cache(x)              # (1, L, V), cache
-            return 0, A, logits[0, a0:a0 + A]
+            logits, self.kv = self.model.build_cache(xr, **kw)      # (R, L, V), cache
+            self.kv_rows = list(rows)
+            return 0, A, logits[:, a0:a0 + A]
+        if rows != self.kv_rows:   # rows that finished the block leave the cache
+            self.kv = self.kv.select([self.kv_rows.index(r) for r in rows])
+            self.kv_rows = list(rows)
         lo = a0 + bs
         hi = x.shape[1] if self.cache == "prefix" else a0 + be
-        logits = self.model.forward_window(x[:, lo:hi], lo, self.kv)  # (1, hi - lo, V)
+        logits = self.model.forward_window(xr[:, lo:hi], lo, self.kv)  # (R, hi - lo, V)
         hi = min(hi, a0 + A)                                         # drop the final [SEP]
-        return bs, hi - a0, logits[0, :hi - lo]
+        return bs, hi - a0, logits[:, :hi - lo]
 
-    def probe(self, x, mask_id, answer, hide):
-        """One more full pass with the ``hide`` answer positions masked: the probability
-        of each answer token given everything else, ``p(answer_i | x without it)`` (A,)."""
-        a0, A = self.a0, self.A
-        xp = x.clone()
+    def probe(self, x, mask_id, row, answer, hide):
+        """One more full pass of row ``row`` (alone, without its padding) with the
+        ``hide`` answer positions masked: the probability of each answer token given
+        everything else, ``p(answer_i | x without it)`` (A,)."""
+        pad = self.pads[row]
+        a0, A = self.a0 - pad, self.A
+        xp = x[row:row + 1, pad:].clone()                             # (1, L_row)
         xp[0, a0:a0 + A] = answer.masked_fill(hide, mask_id)
-        self.nfe += 1
+        self.nfe[row] += 1
         logits = self.model(input_ids=xp).logits[0, a0:a0 + A]       # (A, V)
         probs = torch.softmax(logits.float(), dim=-1)                # (A, V)
         return probs.gather(1, answer[:, None])[:, 0]
@@ -381,11 +417,11 @@ def _max_positions(model) -> int | None:
     return value or getattr(model, "max_position_embeddings", None)
 
 
-def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_length,
+def _check(model, tokenizer, answer_length, strategy, steps, block_length,
            remasking, temperature, threshold, remask_threshold, max_remask, remask_check,
            cache, cache_refresh, renoise="random"):
-    """Every ValueError a reader may trigger, each with what to do instead; returns the
-    starting sequence ``(input_ids (1, L), answer_start)``."""
+    """Every ValueError a reader may trigger through the settings, each with what to do
+    instead (the prompts are checked by :func:`_sequence`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
     if renoise not in RENOISE:
@@ -433,6 +469,16 @@ def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_lengt
     if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
         raise ValueError("this tokenizer has no mask token: masked diffusion needs one "
                          "(ModernBERT's and the course tokenizer have [MASK])")
+
+
+def _sequence(model, tokenizer, prompt, answer_length, row=None):
+    """One prompt's starting sequence ``(input_ids (1, L), answer_start)``, with a clear
+    error for an empty prompt or one too long for the model (naming the batch row)."""
+    where = "" if row is None else f"prompt {row} of the batch: "
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}a prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"{where}the prompt is empty: write a question or instruction")
     ids, answer_start = build_sequence(tokenizer, prompt, answer_length)
     max_pos = _max_positions(model)
     if max_pos is not None and ids.shape[1] > max_pos:
@@ -445,9 +491,37 @@ def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_lengt
         room = answer_length - (ids.shape[1] - max_pos)
         hint = f" or use answer_length <= {room}" if room > 0 else ""
         raise ValueError(
-            f"prompt too long: prompt + answer = {ids.shape[1]} tokens, the model takes at "
-            f"most {max_pos} (max_position_embeddings); shorten the prompt{hint}")
+            f"{where}prompt too long: prompt + answer = {ids.shape[1]} tokens, the model "
+            f"takes at most {max_pos} (max_position_embeddings); shorten the prompt{hint}")
     return ids, answer_start
+
+
+def _batch(model, tokenizer, prompts, answer_length, single):
+    """Left-padded batch of the prompts' sequences: ``(input_ids (B, L), answer_start,
+    pads, attention_mask, position_ids)``; the last two are None when no row is padded.
+
+    Left padding puts every answer area at the same indices (the template's tail after
+    the answer is the same for every prompt); ``position_ids`` count each row's own
+    tokens from 0, so each row sees the positions it has alone.
+    """
+    seqs = [_sequence(model, tokenizer, p, answer_length, None if single else i)
+            for i, p in enumerate(prompts)]
+    tails = {ids.shape[1] - a0 - answer_length for ids, a0 in seqs}
+    if len(tails) != 1:
+        raise ValueError("the chat template ends answers differently for these prompts; "
+                         "decode them one at a time")
+    L = max(ids.shape[1] for ids, _ in seqs)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    x = torch.full((len(seqs), L), pad_id, dtype=torch.long)         # (B, L)
+    pads = [L - ids.shape[1] for ids, _ in seqs]
+    for r, (ids, _) in enumerate(seqs):
+        x[r, pads[r]:] = ids[0]
+    answer_start = L - tails.pop() - answer_length
+    if not any(pads):
+        return x, answer_start, pads, None, None
+    mask = (torch.arange(L)[None, :] >= torch.tensor(pads)[:, None]).long()   # (B, L)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)                    # (B, L)
+    return x, answer_start, pads, mask, positions
 
 
 def _blocks(answer_length: int, block_length: int | None) -> list[tuple[int, int]]:
@@ -463,7 +537,7 @@ def _split_steps(steps: int, blocks) -> list[int]:
     return [min(base + (1 if b < rem else 0), be - bs) for b, (bs, be) in enumerate(blocks)]
 
 
-def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
+def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int = 64,
                  strategy: str = "greedy", *, steps: int | None = None,
                  block_length: int | None = None, remasking: str = "low_confidence",
                  temperature: float = 0.0, threshold: float = 0.9,
@@ -472,6 +546,17 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
                  renoise: str = "random", cache: str | None = None,
                  cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
     """Decode an answer step by step; yields one :class:`Step` per model step.
+
+    prompt
+        a string, or a list of strings decoded together as one batch. For a list, each
+        model step yields a list with one entry per prompt: its :class:`Step`, or None
+        when that row did not step (it finished, or finished its block and waits for the
+        others). Row ``i``'s records (the non-None ones) are identical to those of
+        decoding ``prompt[i]`` alone with the same settings and seed: every row keeps
+        its own random generator, own step count and own policy; threshold rows commit
+        their own counts; the batch is left-padded with an attention mask (see
+        :class:`_Forward`; bit-exact with ``backend="lesson"``, to float noise with
+        transformers' model).
 
     strategy
         ``"greedy"``: the seed's ``iter_mask_decode``, one token per step, the most
@@ -506,10 +591,15 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
     Taught in ``03_greedy_decoding``, ``04_block_generation_and_kv_cache``,
     ``05_remasking_and_parallel_decoding`` and ``09_duo_sampling``.
     """
-    ids, answer_start = _check(model, tokenizer, prompt, answer_length, strategy, steps,
-                               block_length, remasking, temperature, threshold,
-                               remask_threshold, max_remask, remask_check, cache,
-                               cache_refresh, renoise)
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    if not prompts:
+        raise ValueError("no prompts: pass a string or a non-empty list of strings")
+    _check(model, tokenizer, answer_length, strategy, steps, block_length, remasking,
+           temperature, threshold, remask_threshold, max_remask, remask_check, cache,
+           cache_refresh, renoise)
+    ids, answer_start, pads, attention_mask, position_ids = _batch(
+        model, tokenizer, prompts, answer_length, single)
     A = answer_length
     mask_id = tokenizer.mask_token_id
     device = next(model.parameters()).device
@@ -544,63 +634,107 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         allowed[[i for i in tokenizer.all_special_ids
                  if i != tokenizer.sep_token_id and i < vocab]] = False
         banned = (~allowed).nonzero()[:, 0]
-        policy = _Duo(allowed, planned[0], renoise)
-    else:
-        policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
-                         remasking if strategy == "llada" else "low_confidence",
-                         threshold, strategy == "remask", remask_threshold, max_remask,
-                         remask_check)
 
-    x = ids.to(device)                                               # (1, L)
-    forward = _Forward(model, cache, cache_refresh, answer_start, A)
+        def new_policy():
+            return _Duo(allowed, planned[0], renoise)
+    else:
+        def new_policy():
+            return _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
+                           remasking if strategy == "llada" else "low_confidence",
+                           threshold, strategy == "remask", remask_threshold, max_remask,
+                           remask_check)
+
+    x = ids.to(device)                                               # (B, L)
+
+    def moved(t):
+        return None if t is None else t.to(device)
+
+    forward = _Forward(model, cache, cache_refresh, answer_start, A, pads,
+                       moved(attention_mask), moved(position_ids))
+    policies = [new_policy() for _ in prompts]                       # one per row
     if strategy == "remask":
-        policy.probe = partial(forward.probe, x, mask_id)
-    return _loop(forward, x, answer_start, A, blocks, planned, max_steps, policy, banned,
-                 temperature, seed, strategy == "duo")
+        for r, policy in enumerate(policies):
+            policy.probe = partial(forward.probe, x, mask_id, r)
+    records = _loop(forward, x, answer_start, A, blocks, planned, max_steps, policies,
+                    banned, temperature, seed, strategy == "duo")
+    return (row[0] for row in records) if single else records
 
 
 @torch.inference_mode()
-def _loop(forward, x, a0, A, blocks, planned, max_steps, policy, banned, temperature,
-          seed, start_random) -> Iterator[Step]:
-    """THE loop: blocks left to right; in each, predict then let the policy update."""
+def _loop(forward, x, a0, A, blocks, planned, max_steps, policies, banned, temperature,
+          seed, start_random) -> Iterator[list[Step | None]]:
+    """THE loop: blocks left to right; in each, predict then let the policy update.
+
+    ``x`` (B, L) holds B rows; each has its own policy, generator and step count, and
+    steps while its block has work left. Yields per model step a list with each row's
+    :class:`Step` (None for a row that did not step)."""
     device = x.device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    B = x.shape[0]
+    gens = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
     if start_random:                              # duo: x_T is uniformly random tokens
-        ids = policy.allowed_ids
-        x[0, a0:a0 + A] = ids[torch.randint(len(ids), (A,), generator=gen, device=device)]
-    confidence = torch.zeros(A, device=device)                       # (A,)
-    x0_hat = x[0, a0:a0 + A].clone()                                 # (A,)
-    current_prob = torch.zeros(A, device=device)                     # (A,)
-    n = 0
+        for r in range(B):
+            ids = policies[r].allowed_ids
+            x[r, a0:a0 + A] = ids[torch.randint(len(ids), (A,), generator=gens[r],
+                                                device=device)]
+    confidence = torch.zeros(B, A, device=device)                    # (B, A)
+    x0_hat = x[:, a0:a0 + A].clone()                                 # (B, A)
+    current_prob = torch.zeros(B, A, device=device)                  # (B, A)
+    n = [0] * B
     for b, (bs, be) in enumerate(blocks):
         forward.new_block()
-        for k in range(max_steps[b]):
-            xa = x[0, a0:a0 + A]                                     # (A,) answer now
-            if policy.block_done(xa, bs, be, k):
+        k = [0] * B                                                  # steps in block
+        rows = list(range(B))
+        while True:
+            rows = [r for r in rows if k[r] < max_steps[b]
+                    and not policies[r].block_done(x[r, a0:a0 + A], bs, be, k[r])]
+            if not rows:
                 break
-            lo, hi, logits = forward(x, bs, be)                      # (hi - lo, V)
-            x0_hat[lo:hi], confidence[lo:hi], current_prob[lo:hi] = _predict(
-                logits, xa[lo:hi], banned, temperature, gen)
-            new, changed, remasked, corrected = policy.update(
-                xa, x0_hat, confidence, current_prob, bs, be, k, planned[b],
-                max_steps[b], gen)
-            x[0, a0:a0 + A] = new
-            n += 1
-            yield Step(step=n, tokens=new.tolist(), changed=changed, remasked=remasked,
-                       corrected=corrected, confidence=confidence.tolist(),
-                       nfe=forward.nfe, block=b)
+            lo, hi, logits = forward(x, rows, bs, be)                # (R, hi - lo, V)
+            out: list[Step | None] = [None] * B
+            for j, r in enumerate(rows):
+                xa = x[r, a0:a0 + A]                                 # (A,) answer now
+                x0_hat[r, lo:hi], confidence[r, lo:hi], current_prob[r, lo:hi] = _predict(
+                    logits[j], xa[lo:hi], banned, temperature, gens[r])
+                new, changed, remasked, corrected = policies[r].update(
+                    xa, x0_hat[r], confidence[r], current_prob[r], bs, be, k[r],
+                    planned[b], max_steps[b], gens[r])
+                x[r, a0:a0 + A] = new
+                k[r] += 1
+                n[r] += 1
+                out[r] = Step(step=n[r], tokens=new.tolist(), changed=changed,
+                              remasked=remasked, corrected=corrected,
+                              confidence=confidence[r].tolist(), nfe=forward.nfe[r],
+                              block=b)
+            yield out
 
 
-def generate(model, tokenizer, prompt: str, answer_length: int = 64,
-             strategy: str = "greedy", **options) -> str:
-    """The answer text, cut at the first [SEP] / eos token (options: :func:`decode_steps`).
+def final_steps(records) -> list[Step]:
+    """The last :class:`Step` of every row of a batched :func:`decode_steps` run.
 
     Taught in ``03_greedy_decoding``.
     """
-    last = None
-    for last in decode_steps(model, tokenizer, prompt, answer_length, strategy, **options):
-        pass
-    return answer_text(tokenizer, last.tokens)
+    last: list[Step | None] = []
+    for row in records:
+        last = [s if s is not None else old for s, old in
+                zip(row, last or [None] * len(row))]
+    return last
+
+
+def generate(model, tokenizer, prompt: str | list[str], answer_length: int = 64,
+             strategy: str = "greedy", **options) -> str | list[str]:
+    """The answer text, cut at the first [SEP] / eos token (options: :func:`decode_steps`).
+
+    A list of prompts is decoded as one batch and gives a list of answers, each the one
+    the prompt gets alone.
+    Taught in ``03_greedy_decoding``.
+    """
+    records = decode_steps(model, tokenizer, prompt, answer_length, strategy, **options)
+    if isinstance(prompt, str):
+        last = None
+        for last in records:
+            pass
+        return answer_text(tokenizer, last.tokens)
+    return [answer_text(tokenizer, s.tokens) for s in final_steps(records)]
 
 
 # -- the terminal animation ----------------------------------------------------------------

@@ -572,3 +572,104 @@ def test_main_generate(hf_model, lesson_model, tokenizer, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "answer_length must be a positive integer" in captured.err
     assert captured.out == ""
+
+
+# -- batched decoding: each row is the prompt decoded alone --------------------------------
+BATCH_PROMPTS = ["What is the capital of Peru?", "Hi", "Tell me about France.",
+                 "Count from 3 to 9, then name two colours and a country in Africa."]
+BATCH_CASES = [
+    ("greedy", {}),
+    ("llada", dict(steps=10, block_length=8)),
+    ("llada", dict(steps=6, block_length=8, remasking="random")),
+    ("llada", dict(steps=12, block_length=8, temperature=0.8)),
+    ("threshold", dict(threshold=0.05, block_length=8)),
+    ("threshold", dict(threshold=0.1, block_length=12, temperature=0.5)),
+    ("remask", dict(steps=12, block_length=8, remask_threshold=0.5)),
+    ("remask", dict(steps=12, block_length=12, remask_threshold=0.5, remask_check="masked")),
+    ("duo", dict(steps=6)),
+    ("duo", dict(steps=6, renoise="confidence", temperature=1.0)),
+]
+
+
+def rows_of(records, n_rows):
+    """Each row's own Step records out of a batched run."""
+    records = list(records)
+    assert all(len(r) == n_rows for r in records)
+    return [[r[i] for r in records if r[i] is not None] for i in range(n_rows)]
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+@pytest.mark.parametrize("strategy,options", BATCH_CASES)
+def test_batch_rows_equal_prompts_alone(lesson_model, tokenizer, strategy, options, cache):
+    """Whole Step records (tokens, confidences, NFE, corrections) per row, compared with ==:
+    padding, a row waiting for the others and the other rows' randomness change nothing.
+    The random model's sliding window (16) is shorter than the sequences."""
+    if strategy == "duo" and cache is not None:
+        pytest.skip("duo takes no cache")
+    n = 24
+    batch = rows_of(decode_steps(lesson_model, tokenizer, BATCH_PROMPTS, n, strategy,
+                                 cache=cache, seed=3, **options), len(BATCH_PROMPTS))
+    lengths = {len(build_sequence(tokenizer, p, n)[0][0]) for p in BATCH_PROMPTS}
+    assert len(lengths) == len(BATCH_PROMPTS)          # every row is padded differently
+    for prompt, got in zip(BATCH_PROMPTS, batch):
+        alone = list(decode_steps(lesson_model, tokenizer, prompt, n, strategy,
+                                  cache=cache, seed=3, **options))
+        assert got == alone
+    if strategy == "threshold":                        # rows finish on their own
+        assert len({len(rows) for rows in batch}) > 1
+
+
+def test_batch_rows_equal_alone_on_the_shipped_model(corpus):
+    """The trained model is confident: many confidences tie at 1.0 in float32, so a last-bit
+    difference would reorder commits. Threshold + dual cache with long answers, llada."""
+    from dllm_lesson import load_model
+
+    model, tok = load_model("tiny-dllm", backend="lesson")
+    rows = [e for e in corpus.heldout_entities if e.task in ("capital", "describe")]
+    prompts = [rows[i].prompt for i in range(0, 60, 6)]
+    for strategy, options in [("threshold", dict(threshold=0.8, block_length=32,
+                                                  cache="dual")),
+                              ("llada", dict(steps=16, block_length=16, cache="prefix"))]:
+        batch = sampling.generate(model, tok, prompts, 64, strategy, **options)
+        alone = [generate(model, tok, p, 64, strategy, **options) for p in prompts]
+        assert batch == alone
+        assert sum(bool(a) for a in alone) >= len(prompts) - 1
+
+
+def test_batch_generate_and_final_steps(lesson_model, tokenizer):
+    answers = generate(lesson_model, tokenizer, BATCH_PROMPTS[:2], 12, "threshold",
+                       threshold=0.5)
+    assert answers == [generate(lesson_model, tokenizer, p, 12, "threshold", threshold=0.5)
+                       for p in BATCH_PROMPTS[:2]]
+    last = sampling.final_steps(decode_steps(lesson_model, tokenizer, BATCH_PROMPTS[:2],
+                                             12, "greedy"))
+    assert [s.nfe for s in last] == [12, 12]
+    assert generate(lesson_model, tokenizer, ["hi"], 8) == [generate(lesson_model,
+                                                                     tokenizer, "hi", 8)]
+
+
+def test_batch_on_transformers_model_honours_the_mask(hf_model, lesson_model, tokenizer):
+    """transformers' model gets the attention mask and position ids: its padded rows match
+    the rows alone to float noise (it attends over the padded length, so not bit for bit)."""
+    n = 16
+    x, a0, pads, mask, pos = sampling._batch(hf_model, tokenizer, BATCH_PROMPTS, n, False)
+    with torch.no_grad():
+        batch = hf_model(input_ids=x, attention_mask=mask, position_ids=pos).logits
+        for r, prompt in enumerate(BATCH_PROMPTS):
+            ids, start = build_sequence(tokenizer, prompt, n)
+            alone = hf_model(input_ids=ids).logits[0]
+            assert start + pads[r] == a0
+            assert torch.allclose(batch[r, pads[r]:], alone, atol=1e-4)
+    got = generate(hf_model, tokenizer, BATCH_PROMPTS, n, "llada", steps=8, block_length=8)
+    assert len(got) == len(BATCH_PROMPTS)
+
+
+@pytest.mark.parametrize("prompts,match", [
+    (["What is the capital of Peru?", "  "], "prompt 1 of the batch: the prompt is empty"),
+    (["hi", "word " * 600], "prompt 1 of the batch: prompt too long"),
+    ([], "no prompts"),
+    ("", "the prompt is empty"),
+])
+def test_batch_bad_prompts_name_the_row(lesson_model, tokenizer, prompts, match):
+    with pytest.raises(ValueError, match=match):
+        decode_steps(lesson_model, tokenizer, prompts, 16, "greedy")
