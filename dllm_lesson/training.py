@@ -38,7 +38,9 @@ import torch
 
 from . import losses, noise
 
-OBJECTIVES = ("mlm", "llada", "duo")
+OBJECTIVES = ("mlm", "llada", "duo", "ar")
+#: objectives that train a causal (left-to-right) LM instead of a masked one
+CAUSAL_OBJECTIVES = ("ar",)
 DATA_KINDS = ("text", "chat")
 # config fields that may change between a run and its resumption
 RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_checkpoints",
@@ -49,7 +51,7 @@ RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_
 class TrainConfig:
     """Everything a run needs. Presets are plain instances (see ``PRESETS``)."""
 
-    objective: str = "llada"          # mlm | llada | duo
+    objective: str = "llada"          # mlm | llada | duo | ar (the autoregressive baseline)
     model: str = "tiny-bert"          # shipped name, local folder, hub id, or "scratch"
     model_config: dict = field(default_factory=dict)  # ModernBertConfig kwargs for scratch
     tokenizer: str | None = None      # default: the model's own (course tokenizer: scratch)
@@ -269,11 +271,17 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 
 # -- model -----------------------------------------------------------------------------
 def init_model(cfg: TrainConfig):
-    """Build (model, tokenizer): from scratch with the course tokenizer, or from weights."""
+    """Build (model, tokenizer): from scratch with the course tokenizer, or from weights.
+
+    Objective ``"ar"`` builds the autoregressive baseline instead: a causal ModernBERT
+    decoder (``ModernBertDecoderForCausalLM``) of the same shape as the masked models."""
     from transformers import (
+        AutoModelForCausalLM,
         AutoModelForMaskedLM,
         AutoTokenizer,
         ModernBertConfig,
+        ModernBertDecoderConfig,
+        ModernBertDecoderForCausalLM,
         ModernBertForMaskedLM,
     )
 
@@ -283,18 +291,30 @@ def init_model(cfg: TrainConfig):
         tok = (AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer
                else build_tokenizer())
         conf = dict(TINY_MODEL, **cfg.model_config)
-        mconf = ModernBertConfig(
+        causal = cfg.objective in CAUSAL_OBJECTIVES
+        config_class = ModernBertDecoderConfig if causal else ModernBertConfig
+        mconf = config_class(
             vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
             eos_token_id=tok.sep_token_id, cls_token_id=tok.cls_token_id,
             sep_token_id=tok.sep_token_id, mask_token_id=tok.mask_token_id,
             embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0, **conf)
         torch.manual_seed(cfg.seed)
-        model = ModernBertForMaskedLM(mconf)
+        model = (ModernBertDecoderForCausalLM if causal else ModernBertForMaskedLM)(mconf)
     else:
         from .loading import SHIPPED, model_path
 
+        from transformers import AutoConfig
+
+        from .loading import is_causal
+
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
-        model = AutoModelForMaskedLM.from_pretrained(path)
+        causal = cfg.objective in CAUSAL_OBJECTIVES
+        if is_causal(AutoConfig.from_pretrained(path)) != causal:
+            raise ValueError(
+                f"objective {cfg.objective!r} trains a {'causal' if causal else 'masked'} LM "
+                f"but {cfg.model!r} is a {'masked' if causal else 'causal'} one; start from "
+                f"model='scratch' or from a {'causal' if causal else 'masked'} checkpoint")
+        model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
     if cfg.chat_template == "course":
         tok.chat_template = CHAT_TEMPLATE
@@ -319,6 +339,9 @@ def step_loss(cfg: TrainConfig, model, batch: dict, step: int, tokenizer, duo_ob
                                               generator=generator)
         logits = model(input_ids=xt, attention_mask=am).logits
         return losses.llada_loss(logits, x0, masked, p_mask, lm, inverse_t=cfg.inverse_t)
+    if cfg.objective == "ar":
+        logits = model(input_ids=x0, attention_mask=am).logits
+        return losses.ar_loss(logits, x0, lm)
     loss, _ = duo_objective.loss(model, batch, step, generator=generator)
     return loss
 
@@ -425,7 +448,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = init_model(cfg)
-    if tokenizer.mask_token_id is None:
+    if tokenizer.mask_token_id is None and cfg.objective not in CAUSAL_OBJECTIVES:
         raise ValueError(f"model {cfg.model!r} has no mask token; masked diffusion needs one")
     out = Path(cfg.output_dir)
     ckpt = latest_checkpoint(out)
