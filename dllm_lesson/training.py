@@ -301,11 +301,9 @@ def init_model(cfg: TrainConfig):
         torch.manual_seed(cfg.seed)
         model = (ModernBertDecoderForCausalLM if causal else ModernBertForMaskedLM)(mconf)
     else:
-        from .loading import SHIPPED, model_path
-
         from transformers import AutoConfig
 
-        from .loading import is_causal
+        from .loading import SHIPPED, is_causal, model_path
 
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
         causal = cfg.objective in CAUSAL_OBJECTIVES
