@@ -58,6 +58,7 @@ class TrainConfig:
     chat_template: str | None = None  # "course": the course's template replaces the
     #                                   tokenizer's own (build-models sets it on each stage)
     dataset: str = "offline"          # "offline", a .jsonl file / folder, or a hub id
+    corpus_version: int = 1           # "offline": which generated corpus (1 or 2)
     dataset_split: str | None = None  # default: "pretrain" (text) / "sft" (chat), hub "train"
     data: str = "chat"                # text (packed plain text) | chat (messages)
     text_mix: float = 0.0             # chat runs: fraction of steps trained on plain text
@@ -102,6 +103,11 @@ class TrainConfig:
         if self.chat_template not in (None, "course"):
             raise ValueError(f"chat_template must be None (the tokenizer's own) or 'course', "
                              f"got {self.chat_template!r}")
+        from .data import VERSIONS
+
+        if self.corpus_version not in VERSIONS:
+            raise ValueError(f"corpus_version must be one of {VERSIONS}, "
+                             f"got {self.corpus_version!r}")
         if not 0.0 <= self.text_mix <= 1.0:
             raise ValueError(f"text_mix must be in [0, 1], got {self.text_mix}")
 
@@ -257,7 +263,7 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 
     split = cfg.dataset_split or (("pretrain" if kind == "text" else "sft")
                                   if cfg.dataset == "offline" else "train")
-    ds = load_chat_dataset(cfg.dataset, split=split, seed=0)
+    ds = load_chat_dataset(cfg.dataset, split=split, seed=0, version=cfg.corpus_version)
     if kind == "text":
         if "text" not in ds.column_names:
             raise ValueError(f"dataset {cfg.dataset!r} has no 'text' column for text training")
@@ -399,9 +405,11 @@ def save_checkpoint(acc, cfg, step: int, data_state: dict):
 
 
 def check_resumable(cfg: TrainConfig, saved: dict):
-    """Refuse to resume a checkpoint written under a different configuration."""
-    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in RESUMABLE_FIELDS and saved.get(k) != v}
+    """Refuse to resume a checkpoint written under a different configuration (a field that
+    an older checkpoint does not record counts as its default)."""
+    defaults = TrainConfig().to_dict()
+    diff = {k: (saved.get(k, defaults[k]), v) for k, v in cfg.to_dict().items()
+            if k not in RESUMABLE_FIELDS and saved.get(k, defaults[k]) != v}
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{cfg.output_dir} holds a checkpoint of a different config ({lines})."

@@ -75,3 +75,12 @@ def test_objective_and_checkpoint_kind_must_agree(tmp_path):
         training.init_model(TrainConfig(objective="ar", model="tiny-dllm"))
     with pytest.raises(ValueError, match="objective must be one of"):
         TrainConfig(objective="gpt")
+
+
+def test_corpus_version_is_a_config_field(tmp_path):
+    """Training on corpus v2 is one field; a bad version is one clear error."""
+    rows = training.load_rows(TrainConfig(corpus_version=2), training.init_model(
+        TrainConfig(objective="ar", model="scratch"))[1], "chat")
+    assert len(rows) > 4000
+    with pytest.raises(ValueError, match="corpus_version must be one of"):
+        TrainConfig(corpus_version=7)
