@@ -216,14 +216,16 @@ def _load_tokenizer(source: str, local: Path | None, shipped: bool):
 
 def load_model(name_or_path: str | Path, device=None, dtype=None,
                backend: str = "transformers"):
-    """Load a masked LM and its tokenizer: ``(model.eval(), tokenizer or None)``.
+    """Load a masked LM (or the causal baseline ``tiny-ar``) and its tokenizer:
+    ``(model.eval(), tokenizer or None)``.
 
     ``name_or_path`` is a shipped model (``"tiny-bert"``, ``"tiny-dllm"``,
     ``"tiny-duo"``), a local folder written by ``save_pretrained``, or a hub id
     (``"answerdotai/ModernBERT-base"``, needs internet or the local cache).
     ``device=None`` picks cuda, then mps, then cpu; ``dtype=None`` keeps the
     checkpoint's dtype (float32 for the shipped models).
-    ``backend="transformers"`` gives ``AutoModelForMaskedLM``; ``backend="lesson"`` gives
+    ``backend="transformers"`` gives ``AutoModelForMaskedLM`` (``AutoModelForCausalLM``
+    for a causal LM's folder, see :func:`is_causal`); ``backend="lesson"`` gives
     the library's compact :class:`dllm_lesson.modernbert.ModernBert` (same logits, plus a
     KV cache). Both answer ``model(input_ids=ids).logits``  # (B, L, V)
     The tokenizer has a chat template (the course's one if it had none); it is ``None``
@@ -262,6 +264,28 @@ def load_model(name_or_path: str | Path, device=None, dtype=None,
     return model.eval(), tokenizer
 
 
+def is_causal(config) -> bool:
+    """Is this model a causal (left-to-right) LM such as ``tiny-ar``, rather than a masked
+    one? ``config`` is a transformers config (``model.config``) or a ``config.json`` dict."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    archs = get("architectures") or []
+    return any(a.endswith("ForCausalLM") for a in archs) or \
+        str(get("model_type", "")).endswith("decoder")
+
+
+def _auto_class(config: dict):
+    """``AutoModelForCausalLM`` for a causal LM's config, else ``AutoModelForMaskedLM``."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForCausalLM if is_causal(config) else AutoModelForMaskedLM
+
+
+def _check_backend(config: dict, backend: str, name: str) -> None:
+    if backend == "lesson" and is_causal(config):
+        raise ValueError(f"{name} is a causal (autoregressive) LM; backend='lesson' is the "
+                         "course's compact masked ModernBERT. Use backend='transformers'.")
+
+
 def _lesson_class():
     try:
         from .modernbert import ModernBert
@@ -272,12 +296,17 @@ def _lesson_class():
 
 
 def _load_local(path: Path, backend: str, shipped: bool):
-    from transformers import AutoModelForMaskedLM
+    import json
 
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    _check_backend(config, backend, str(path))
     try:
         if backend == "lesson":
             return _lesson_class().from_pretrained(path)
-        return AutoModelForMaskedLM.from_pretrained(str(path))
+        return _auto_class(config).from_pretrained(str(path))
     except ImportError:
         raise
     except Exception as e:  # noqa: BLE001 - a readable folder that fails to load is damaged
@@ -287,10 +316,12 @@ def _load_local(path: Path, backend: str, shipped: bool):
 
 
 def _load_hub(name: str, backend: str):
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoConfig
 
     try:
-        hf_model = AutoModelForMaskedLM.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name).to_dict()
+        _check_backend(config, backend, name)
+        hf_model = _auto_class(config).from_pretrained(name)
     except _hub_errors() as e:
         raise _not_found(name, e) from e
     if backend == "lesson":

@@ -1,4 +1,5 @@
-"""Losses of the masked models. Duo's symmetric KL lives in :mod:`dllm_lesson.duo`."""
+"""Losses of the masked models and of the autoregressive baseline. Duo's losses live in
+:mod:`dllm_lesson.duo`."""
 
 from __future__ import annotations
 
@@ -38,3 +39,18 @@ def llada_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor,
         w = w / p_mask                                              # (B, L) / (B, 1)
     n = maskable.sum(1).clamp(min=1)                                # (B,)
     return ((ce * w).sum(1) / n).mean()
+
+
+def ar_loss(logits: torch.Tensor, x0: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """The autoregressive baseline's loss: next-token cross-entropy, averaged over the
+    tokens that carry a loss.
+
+    Position ``i`` predicts token ``i + 1`` from tokens ``0..i`` (the causal mask sees to
+    that); ``loss_mask[b, i + 1]`` says whether token ``i + 1`` is scored (the answer's
+    tokens in SFT, every token of plain text). One token per forward pass at inference, in
+    a fixed left-to-right order: the contrast to masked diffusion.
+    Taught in ``11_ar_vs_diffusion``.
+    """
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x0[:, 1:], reduction="none")
+    w = loss_mask[:, 1:].float()
+    return (ce * w).sum() / w.sum().clamp(min=1)

@@ -38,7 +38,9 @@ import torch
 
 from . import losses, noise
 
-OBJECTIVES = ("mlm", "llada", "duo")
+OBJECTIVES = ("mlm", "llada", "duo", "ar")
+#: objectives that train a causal (left-to-right) LM instead of a masked one
+CAUSAL_OBJECTIVES = ("ar",)
 DATA_KINDS = ("text", "chat")
 # config fields that may change between a run and its resumption
 RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_checkpoints",
@@ -49,13 +51,14 @@ RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_
 class TrainConfig:
     """Everything a run needs. Presets are plain instances (see ``PRESETS``)."""
 
-    objective: str = "llada"          # mlm | llada | duo
+    objective: str = "llada"          # mlm | llada | duo | ar (the autoregressive baseline)
     model: str = "tiny-bert"          # shipped name, local folder, hub id, or "scratch"
     model_config: dict = field(default_factory=dict)  # ModernBertConfig kwargs for scratch
     tokenizer: str | None = None      # default: the model's own (course tokenizer: scratch)
     chat_template: str | None = None  # "course": the course's template replaces the
     #                                   tokenizer's own (build-models sets it on each stage)
     dataset: str = "offline"          # "offline", a .jsonl file / folder, or a hub id
+    corpus_version: int = 1           # "offline": which generated corpus (1 or 2)
     dataset_split: str | None = None  # default: "pretrain" (text) / "sft" (chat), hub "train"
     data: str = "chat"                # text (packed plain text) | chat (messages)
     text_mix: float = 0.0             # chat runs: fraction of steps trained on plain text
@@ -100,6 +103,11 @@ class TrainConfig:
         if self.chat_template not in (None, "course"):
             raise ValueError(f"chat_template must be None (the tokenizer's own) or 'course', "
                              f"got {self.chat_template!r}")
+        from .data import VERSIONS
+
+        if self.corpus_version not in VERSIONS:
+            raise ValueError(f"corpus_version must be one of {VERSIONS}, "
+                             f"got {self.corpus_version!r}")
         if not 0.0 <= self.text_mix <= 1.0:
             raise ValueError(f"text_mix must be in [0, 1], got {self.text_mix}")
 
@@ -255,7 +263,7 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 
     split = cfg.dataset_split or (("pretrain" if kind == "text" else "sft")
                                   if cfg.dataset == "offline" else "train")
-    ds = load_chat_dataset(cfg.dataset, split=split, seed=0)
+    ds = load_chat_dataset(cfg.dataset, split=split, seed=0, version=cfg.corpus_version)
     if kind == "text":
         if "text" not in ds.column_names:
             raise ValueError(f"dataset {cfg.dataset!r} has no 'text' column for text training")
@@ -269,11 +277,17 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 
 # -- model -----------------------------------------------------------------------------
 def init_model(cfg: TrainConfig):
-    """Build (model, tokenizer): from scratch with the course tokenizer, or from weights."""
+    """Build (model, tokenizer): from scratch with the course tokenizer, or from weights.
+
+    Objective ``"ar"`` builds the autoregressive baseline instead: a causal ModernBERT
+    decoder (``ModernBertDecoderForCausalLM``) of the same shape as the masked models."""
     from transformers import (
+        AutoModelForCausalLM,
         AutoModelForMaskedLM,
         AutoTokenizer,
         ModernBertConfig,
+        ModernBertDecoderConfig,
+        ModernBertDecoderForCausalLM,
         ModernBertForMaskedLM,
     )
 
@@ -283,18 +297,28 @@ def init_model(cfg: TrainConfig):
         tok = (AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer
                else build_tokenizer())
         conf = dict(TINY_MODEL, **cfg.model_config)
-        mconf = ModernBertConfig(
+        causal = cfg.objective in CAUSAL_OBJECTIVES
+        config_class = ModernBertDecoderConfig if causal else ModernBertConfig
+        mconf = config_class(
             vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
             eos_token_id=tok.sep_token_id, cls_token_id=tok.cls_token_id,
             sep_token_id=tok.sep_token_id, mask_token_id=tok.mask_token_id,
             embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0, **conf)
         torch.manual_seed(cfg.seed)
-        model = ModernBertForMaskedLM(mconf)
+        model = (ModernBertDecoderForCausalLM if causal else ModernBertForMaskedLM)(mconf)
     else:
-        from .loading import SHIPPED, model_path
+        from transformers import AutoConfig
+
+        from .loading import SHIPPED, is_causal, model_path
 
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
-        model = AutoModelForMaskedLM.from_pretrained(path)
+        causal = cfg.objective in CAUSAL_OBJECTIVES
+        if is_causal(AutoConfig.from_pretrained(path)) != causal:
+            raise ValueError(
+                f"objective {cfg.objective!r} trains a {'causal' if causal else 'masked'} LM "
+                f"but {cfg.model!r} is a {'masked' if causal else 'causal'} one; start from "
+                f"model='scratch' or from a {'causal' if causal else 'masked'} checkpoint")
+        model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
     if cfg.chat_template == "course":
         tok.chat_template = CHAT_TEMPLATE
@@ -319,6 +343,9 @@ def step_loss(cfg: TrainConfig, model, batch: dict, step: int, tokenizer, duo_ob
                                               generator=generator)
         logits = model(input_ids=xt, attention_mask=am).logits
         return losses.llada_loss(logits, x0, masked, p_mask, lm, inverse_t=cfg.inverse_t)
+    if cfg.objective == "ar":
+        logits = model(input_ids=x0, attention_mask=am).logits
+        return losses.ar_loss(logits, x0, lm)
     loss, _ = duo_objective.loss(model, batch, step, generator=generator)
     return loss
 
@@ -378,9 +405,11 @@ def save_checkpoint(acc, cfg, step: int, data_state: dict):
 
 
 def check_resumable(cfg: TrainConfig, saved: dict):
-    """Refuse to resume a checkpoint written under a different configuration."""
-    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in RESUMABLE_FIELDS and saved.get(k) != v}
+    """Refuse to resume a checkpoint written under a different configuration (a field that
+    an older checkpoint does not record counts as its default)."""
+    defaults = TrainConfig().to_dict()
+    diff = {k: (saved.get(k, defaults[k]), v) for k, v in cfg.to_dict().items()
+            if k not in RESUMABLE_FIELDS and saved.get(k, defaults[k]) != v}
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{cfg.output_dir} holds a checkpoint of a different config ({lines})."
@@ -425,7 +454,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = init_model(cfg)
-    if tokenizer.mask_token_id is None:
+    if tokenizer.mask_token_id is None and cfg.objective not in CAUSAL_OBJECTIVES:
         raise ValueError(f"model {cfg.model!r} has no mask token; masked diffusion needs one")
     out = Path(cfg.output_dir)
     ckpt = latest_checkpoint(out)

@@ -204,7 +204,14 @@ def test_hub_id_goes_through_auto_classes(monkeypatch, tiny_modernbert_dir):
 
     real_model = transformers.AutoModelForMaskedLM.from_pretrained
     real_tok = transformers.AutoTokenizer.from_pretrained
+    real_config = transformers.AutoConfig.from_pretrained
     calls = []
+
+    def config_from_hub(name, *args, **kwargs):
+        if name != "answerdotai/ModernBERT-base":  # transformers' own call, from a folder
+            return real_config(name, *args, **kwargs)
+        calls.append(("config", name))
+        return real_config(str(tiny_modernbert_dir))
 
     def model_from_hub(name, *args, **kwargs):
         calls.append(("model", name))
@@ -216,14 +223,36 @@ def test_hub_id_goes_through_auto_classes(monkeypatch, tiny_modernbert_dir):
         tok.chat_template = None
         return tok
 
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config_from_hub)
     monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained",
                         model_from_hub)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tok_from_hub)
     model, tok = load_model("answerdotai/ModernBERT-base", device="cpu")
-    assert calls == [("model", "answerdotai/ModernBERT-base"),
+    assert calls == [("config", "answerdotai/ModernBERT-base"),
+                     ("model", "answerdotai/ModernBERT-base"),
                      ("tokenizer", "answerdotai/ModernBERT-base")]
     assert not model.training
     assert tok.chat_template == CHAT_TEMPLATE
+
+
+def test_causal_folder_loads_as_causal_lm(tmp_path):
+    """A causal LM's folder (tiny-ar's kind) loads through AutoModelForCausalLM, and the
+    compact masked ModernBERT backend refuses it with one clear message."""
+    from transformers import ModernBertDecoderConfig, ModernBertDecoderForCausalLM
+
+    from dllm_lesson.loading import is_causal
+
+    conf = ModernBertDecoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64,
+                                   max_position_embeddings=64, pad_token_id=0,
+                                   bos_token_id=1, eos_token_id=2)
+    ModernBertDecoderForCausalLM(conf).save_pretrained(tmp_path)
+    model, tok = load_model(tmp_path, device="cpu")
+    assert type(model).__name__ == "ModernBertDecoderForCausalLM" and tok is None
+    assert is_causal(model.config)
+    assert model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape == (1, 3, 64)
+    with pytest.raises(ValueError, match="causal .* backend='transformers'"):
+        load_model(tmp_path, device="cpu", backend="lesson")
 
 
 # -- bad arguments ------------------------------------------------------------------------

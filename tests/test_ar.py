@@ -1,0 +1,86 @@
+"""The autoregressive baseline's training: objective "ar" on the same training core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dllm_lesson import losses, training
+from dllm_lesson.training import TrainConfig, read_metrics, train
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=2, global_attn_every_n_layers=2, local_attention=16)
+
+
+def ar_cfg(out, **kw):
+    base = dict(objective="ar", model="scratch", model_config=SMALL, data="chat",
+                seq_len=96, batch_size=4, lr=3e-3, warmup_steps=2, max_steps=6, fill_max=8,
+                log_every=1, save_every=3, output_dir=str(out), progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_ar_loss_is_transformers_causal_lm_loss():
+    """Our next-token loss equals the one transformers' causal LM computes from labels
+    (it shifts internally; -100 marks the positions that carry no loss)."""
+    from transformers import ModernBertDecoderConfig, ModernBertDecoderForCausalLM
+
+    torch.manual_seed(0)
+    model = ModernBertDecoderForCausalLM(ModernBertDecoderConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0))
+    x = torch.randint(1, 50, (3, 12))
+    mask = torch.rand(3, 12) < 0.6
+    mask[:, 0] = False
+    out = model(input_ids=x, labels=torch.where(mask, x, -100))
+    ours = losses.ar_loss(out.logits, x, mask)
+    assert torch.allclose(ours, out.loss, atol=1e-6), (ours, out.loss)
+    # and the mask matters: scoring every token gives another value
+    assert not torch.allclose(losses.ar_loss(out.logits, x, torch.ones_like(mask)), ours)
+
+
+def test_ar_model_has_the_masked_models_shape():
+    """A fair baseline: the causal model built for the tiny preset has the same parameter
+    count as the masked one (same hidden size, layers, heads, vocabulary)."""
+    masked, tok = training.init_model(TrainConfig(objective="llada", model="scratch"))
+    causal, _ = training.init_model(TrainConfig(objective="ar", model="scratch"))
+    assert type(causal).__name__ == "ModernBertDecoderForCausalLM"
+    n_m = sum(p.numel() for p in masked.parameters())
+    n_c = sum(p.numel() for p in causal.parameters())
+    assert abs(n_c - n_m) <= 0.1 * n_m, (n_c, n_m)
+
+
+@pytest.mark.parametrize("data,text_mix", [("chat", 0.5), ("text", 0.0)])
+def test_ar_trains_and_resumes_exactly(tmp_path, data, text_mix):
+    kw = dict(data=data, text_mix=text_mix)
+    train(ar_cfg(tmp_path / "full", **kw))
+
+    def crash(rec):
+        if rec["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(ar_cfg(tmp_path / "part", **kw), callback=crash)
+    train(ar_cfg(tmp_path / "part", **kw))
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full")}
+    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "part")}
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    assert a[6] < a[1]  # it learns
+
+
+def test_objective_and_checkpoint_kind_must_agree(tmp_path):
+    with pytest.raises(ValueError, match="'ar' trains a causal LM but 'tiny-dllm' is a masked"):
+        training.init_model(TrainConfig(objective="ar", model="tiny-dllm"))
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="gpt")
+
+
+def test_corpus_version_is_a_config_field(tmp_path):
+    """Training on corpus v2 is one field; a bad version is one clear error."""
+    rows = training.load_rows(TrainConfig(corpus_version=2), training.init_model(
+        TrainConfig(objective="ar", model="scratch"))[1], "chat")
+    assert len(rows) > 4000
+    with pytest.raises(ValueError, match="corpus_version must be one of"):
+        TrainConfig(corpus_version=7)
