@@ -48,7 +48,9 @@ import torch
 from . import duo
 from .modernbert import ModernBert
 
-STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo")
+STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo", "ar")
+#: the strategy for causal (left-to-right) LMs such as tiny-ar; the others need a masked LM
+CAUSAL_STRATEGIES = ("ar",)
 CACHES = (None, "prefix", "dual")
 REMASKING = ("low_confidence", "random")
 REMASK_CHECK = ("masked", "visible")
@@ -258,6 +260,29 @@ class _Unmask:
         return new, changed, remasked, corrected
 
 
+class _Autoregressive:
+    """Strategy ``"ar"`` for a causal LM (``tiny-ar``): step ``k`` commits answer position
+    ``k`` from the logits one position to its left (the causal model's next-token
+    prediction), so one token per forward pass, strictly left to right; it stops after
+    the end token and fills the rest of the answer area with it. The [MASK]s still to the
+    right are placeholders the causal model never attends to.
+    """
+
+    def __init__(self, end_id: int):
+        self.end_id = end_id
+
+    def block_done(self, xa, bs, be, k):
+        return k >= be - bs or (k > 0 and int(xa[bs + k - 1]) == self.end_id)
+
+    def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
+        i = bs + k
+        new = xa.clone()
+        new[i] = x0_hat[i]
+        if int(new[i]) == self.end_id:
+            new[i + 1:be] = self.end_id
+        return new, [i], [], []
+
+
 def _duo_flip(k: int, steps: int, V: int) -> float:
     return (V - 1) / V * (1 - (k + 1) / steps)
 
@@ -346,8 +371,9 @@ class _Forward:
     """
 
     def __init__(self, model, cache, refresh, answer_start, answer_length, pads=(0,),
-                 attention_mask=None, position_ids=None):
+                 attention_mask=None, position_ids=None, shift=0):
         self.model, self.cache, self.refresh = model, cache, refresh
+        self.shift = shift   # 1 for a causal LM: position i's logits predict token i + 1
         self.a0, self.A = answer_start, answer_length
         self.pads = list(pads)
         self.mask, self.positions = attention_mask, position_ids        # (B, L) or None
@@ -382,7 +408,7 @@ class _Forward:
         xr, kw = self._inputs(x, rows)
         if self.cache is None:
             logits = self.model(input_ids=xr, **kw).logits           # (R, L, V)
-            return 0, A, logits[:, a0:a0 + A]
+            return 0, A, logits[:, a0 - self.shift:a0 + A - self.shift]
         if self.kv is None or self.refresh == "step":
             logits, self.kv = self.model.build_cache(xr, **kw)      # (R, L, V), cache
             self.kv_rows = list(rows)
@@ -424,6 +450,19 @@ def _check(model, tokenizer, answer_length, strategy, steps, block_length,
     instead (the prompts are checked by :func:`_sequence`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
+    causal = _is_causal(model)
+    if causal and strategy not in CAUSAL_STRATEGIES:
+        raise ValueError(f"this is a causal (autoregressive) LM: it writes left to right, one "
+                         f"token per pass, and cannot fill masks; use strategy='ar', not "
+                         f"{strategy!r}")
+    if strategy in CAUSAL_STRATEGIES:
+        if not causal:
+            raise ValueError("strategy 'ar' needs a causal LM such as load_model('tiny-ar'); "
+                             "this is a masked LM: use a masked strategy (greedy, llada, "
+                             "threshold, remask) or duo")
+        if (steps, block_length) != (None, None) or cache is not None:
+            raise ValueError("strategy 'ar' writes one token per pass, left to right: it "
+                             "takes no steps, block_length or cache")
     if renoise not in RENOISE:
         raise ValueError(f"unknown renoise {renoise!r}: choose one of {RENOISE}")
     if not isinstance(answer_length, int) or answer_length <= 0:
@@ -469,6 +508,13 @@ def _check(model, tokenizer, answer_length, strategy, steps, block_length,
     if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
         raise ValueError("this tokenizer has no mask token: masked diffusion needs one "
                          "(ModernBERT's and the course tokenizer have [MASK])")
+
+
+def _is_causal(model) -> bool:
+    from .loading import is_causal
+
+    config = getattr(model, "config", None)
+    return config is not None and is_causal(config)
 
 
 def _sequence(model, tokenizer, prompt, answer_length, row=None):
@@ -578,6 +624,9 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
         next level by the Gaussian-argmax corruption, so random positions become random
         tokens; ``"confidence"``: the same number of random tokens go to the positions
         the model is least sure of.
+        ``"ar"``: the autoregressive baseline (a causal LM such as ``tiny-ar``): one
+        token per forward pass, left to right, stopping at the end token (taught in
+        ``11_ar_vs_diffusion``).
     temperature
         0: argmax. > 0: Gumbel-max sampling in float64 (:func:`add_gumbel_noise`).
     cache
@@ -605,11 +654,11 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
     device = next(model.parameters()).device
     vocab = model.config.vocab_size if hasattr(model, "config") else len(tokenizer)
     banned = torch.tensor([mask_id], device=device)
-    if strategy in ("greedy", "duo"):
+    if strategy in ("greedy", "duo", "ar"):
         blocks = [(0, A)]
     else:
         blocks = _blocks(A, block_length)
-    if strategy == "greedy":
+    if strategy in ("greedy", "ar"):
         planned = [A]
     elif strategy == "duo":
         planned = [steps or 32]
@@ -637,6 +686,12 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
 
         def new_policy():
             return _Duo(allowed, planned[0], renoise)
+    elif strategy == "ar":
+        end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None \
+            else tokenizer.eos_token_id
+
+        def new_policy():
+            return _Autoregressive(end_id)
     else:
         def new_policy():
             return _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
@@ -650,7 +705,8 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
         return None if t is None else t.to(device)
 
     forward = _Forward(model, cache, cache_refresh, answer_start, A, pads,
-                       moved(attention_mask), moved(position_ids))
+                       moved(attention_mask), moved(position_ids),
+                       shift=1 if strategy == "ar" else 0)
     policies = [new_policy() for _ in prompts]                       # one per row
     if strategy == "remask":
         for r, policy in enumerate(policies):

@@ -84,3 +84,70 @@ def test_corpus_version_is_a_config_field(tmp_path):
     assert len(rows) > 4000
     with pytest.raises(ValueError, match="corpus_version must be one of"):
         TrainConfig(corpus_version=7)
+
+
+# -- strategy "ar": the engine decodes the causal baseline -------------------------------
+@pytest.fixture(scope="module")
+def causal_model():
+    """A small causal LM on the course tokenizer (random weights: the tests compare
+    decoding procedures, not answers)."""
+    model, tok = training.init_model(TrainConfig(objective="ar", model="scratch",
+                                                 model_config=SMALL, seed=3))
+    return model.eval(), tok
+
+
+PROMPTS = ["What is the capital of Kenya?", "Name two countries where Spanish is spoken.",
+           "Hi"]
+
+
+def _reference(model, tok, prompt, answer_length):
+    """Plain left-to-right greedy decoding with transformers' own generate(): the prompt
+    through 'Assistant:', then up to answer_length new tokens, [MASK] banned, stop at
+    [SEP]."""
+    from dllm_lesson.sampling import build_sequence
+
+    ids, a0 = build_sequence(tok, prompt, answer_length)
+    out = model.generate(ids[:, :a0], attention_mask=torch.ones_like(ids[:, :a0]),
+                         max_new_tokens=answer_length, do_sample=False,
+                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+                         bad_words_ids=[[tok.mask_token_id]])
+    return out[0, a0:].tolist()
+
+
+def test_ar_strategy_is_greedy_left_to_right(causal_model):
+    from dllm_lesson.sampling import decode_steps
+
+    model, tok = causal_model
+    for prompt in PROMPTS:
+        steps = list(decode_steps(model, tok, prompt, 12, "ar"))
+        ref = _reference(model, tok, prompt, 12)
+        got = steps[-1].tokens[:len(ref)]
+        assert got == ref, (prompt, got, ref)
+        # one token per forward pass, strictly left to right
+        assert [s.changed for s in steps] == [[i] for i in range(len(steps))]
+        assert [s.nfe for s in steps] == list(range(1, len(steps) + 1))
+        if tok.sep_token_id in ref:   # stopped at the end token, the rest filled with it
+            assert len(steps) == ref.index(tok.sep_token_id) + 1
+            assert set(steps[-1].tokens[len(steps):]) <= {tok.sep_token_id}
+
+
+def test_ar_batch_rows_equal_prompts_alone(causal_model):
+    from dllm_lesson.sampling import generate
+
+    model, tok = causal_model
+    alone = [generate(model, tok, p, 10, "ar") for p in PROMPTS]
+    assert generate(model, tok, PROMPTS, 10, "ar") == alone
+
+
+def test_ar_and_masked_strategies_refuse_the_wrong_model(causal_model):
+    from dllm_lesson.loading import load_model
+    from dllm_lesson.sampling import generate
+
+    model, tok = causal_model
+    with pytest.raises(ValueError, match="causal .* use strategy='ar'"):
+        generate(model, tok, "Hi", 8, "llada")
+    with pytest.raises(ValueError, match="takes no steps, block_length or cache"):
+        generate(model, tok, "Hi", 8, "ar", steps=4)
+    masked, mtok = load_model("tiny-dllm", device="cpu")
+    with pytest.raises(ValueError, match="strategy 'ar' needs a causal LM"):
+        generate(masked, mtok, "Hi", 8, "ar")
