@@ -673,3 +673,25 @@ def test_batch_on_transformers_model_honours_the_mask(hf_model, lesson_model, to
 def test_batch_bad_prompts_name_the_row(lesson_model, tokenizer, prompts, match):
     with pytest.raises(ValueError, match=match):
         decode_steps(lesson_model, tokenizer, prompts, 16, "greedy")
+
+
+def test_main_generate_positional_prompts_decode_as_one_batch(hf_model, lesson_model,
+                                                               tokenizer, tmp_path, capsys):
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    common = ["--model", str(tmp_path), "--answer-length", "12", "--delay", "0",
+              "--device", "cpu"]
+    sampling.main_generate([PROMPTS[1]] + common)              # positional, one prompt
+    alone = generate(hf_model, tokenizer, PROMPTS[1], 12)
+    assert capsys.readouterr().out == f"User: {PROMPTS[1]}\nAssistant: {alone}\n"
+    sampling.main_generate([PROMPTS[0], PROMPTS[2], "--prompt", PROMPTS[1]] + common)
+    out = capsys.readouterr().out
+    answers = generate(lesson_model, tokenizer, [PROMPTS[0], PROMPTS[2], PROMPTS[1]], 12)
+    assert out == "".join(f"User: {p}\nAssistant: {a}\n\n" for p, a in
+                          zip([PROMPTS[0], PROMPTS[2], PROMPTS[1]], answers))
+    with pytest.raises(SystemExit):
+        sampling.main_generate(common)
+    assert "give a prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sampling.main_generate(["What is the capital of Peru?", ""] + common)
+    assert "prompt 1 of the batch: the prompt is empty" in capsys.readouterr().err
