@@ -220,7 +220,7 @@ def run_row(model, tokenizer, prompts, answer_length: int, options: dict,
 
 
 def run_bench(model_name: str = "tiny-dllm", lengths=(256,), repeats: int = 1,
-              n_prompts: int = 16, json_path: str | Path | None = None, *,
+              n_prompts: int = 8, json_path: str | Path | None = None, *,
               duo: bool | None = None, block_length: int = 32, device: str | None = None,
               threads: int | None = None, model=None, tokenizer=None,
               duo_model: str | None = None, verbose: bool = False, full: bool = False,
@@ -352,7 +352,7 @@ def main_bench(argv=None) -> int:
                    help="answer lengths (default 256; --full: 64 256)")
     p.add_argument("--repeats", type=int, default=1, help="timing: median of this many")
     p.add_argument("--prompts", type=int, default=None,
-                   help="prompts per length (default 16; --full: 64)")
+                   help="prompts per length (default 8; --full: 64)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
     p.add_argument("--block-length", type=int, default=32, help="the baseline's blocks")
     p.add_argument("--duo", action=argparse.BooleanOptionalAction, default=None,
@@ -367,7 +367,7 @@ def main_bench(argv=None) -> int:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows here")
     args = p.parse_args(argv)
     lengths = args.lengths or ([64, 256] if args.full else [256])
-    n_prompts = args.prompts or (64 if args.full else 16)
+    n_prompts = args.prompts or (64 if args.full else 8)
     print(f"model {args.model}, torch threads {args.threads or torch.get_num_threads()}, "
           f"{n_prompts} prompts per length in batches of {args.batch_size}, median of "
           f"{args.repeats}", flush=True)
