@@ -6,6 +6,8 @@ functions. Taught in ``02_llada_training``.
 
 from __future__ import annotations
 
+import math
+
 
 def score_answer(answer: str, keys=(), reference: str | None = None) -> bool:
     """Is ``answer`` right?
@@ -36,6 +38,25 @@ def fact_score(answer: str, keys) -> float:
     return sum(min(answer.count(k), n) for k, n in need.items()) / sum(need.values())
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``k / n`` (``z`` = 1.96).
+
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k / n``: unlike
+    ``p -+ 1.96 sqrt(p(1-p)/n)`` it stays inside [0, 1] and is not zero-width at 0% or
+    100% (5 of 5 right gives [0.57, 1.0], not [1, 1]). ``n = 0`` gives (0, 1).
+    Taught in ``02_llada_training``.
+    """
+    if not (0 <= k <= n):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 SHORT_TASKS = ("capital", "continent", "language", "country_of_capital", "legs", "sound",
                "colour")
 #: answer area per task: room for the answer and a tail the model must fill with [SEP]
@@ -46,13 +67,25 @@ DEFAULT_ANSWER_LENGTH = 32
 def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | None = None,
                       seed: int = 0):
     """Held-out corpus rows (``Example``) of the given tasks, a fixed subsample if
-    ``limit`` is set (every task keeps its share)."""
+    ``limit`` is set (every task keeps its share). An unknown split or task raises one
+    ``ValueError`` naming the known ones.
+    Taught in ``02_llada_training``."""
     import random
 
     from .data import build_corpus
 
+    splits = ("heldout_entities", "heldout_phrasings")
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}: choose one of {splits}")
     rows = getattr(build_corpus(seed), split)
+    if isinstance(tasks, str):
+        tasks = (tasks,)
     tasks = tuple(tasks or SHORT_TASKS + ("describe",))
+    known = sorted({r.task for r in rows})
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"unknown task{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))} in {split}: choose from {known}")
     rows = [r for r in rows if r.task in tasks]
     if limit is not None and limit < len(rows):
         rows = random.Random(1234).sample(rows, limit)
@@ -61,18 +94,23 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
 
 def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
                      answer_length: int | None = None, progress: bool = True,
-                     keep_steps: bool = False, **options) -> dict:
+                     keep_steps: bool = False, batch_size: int = 64, **options) -> dict:
     """Decode each example with one strategy (``options`` go to
     :func:`dllm_lesson.sampling.decode_steps`) and score the answers.
 
-    Returns ``accuracy`` overall and ``per_task`` (:func:`score_answer`), ``n``,
+    Returns ``accuracy`` overall with its 95% Wilson interval ``accuracy_ci``, ``per_task``
+    accuracies (:func:`score_answer`) and ``per_task_ci``, ``n``,
     ``mean_nfe`` (forward passes per answer), ``tokens_per_nfe`` (answer positions per
     pass), ``corrections_per_answer`` and ``answers_with_correction`` (self-corrections:
     positions of the final answer text whose token changed after it had looked final, as
     the ``remask`` and ``duo`` strategies mark them; 0 for the others) and the ``rows``
-    ``(example, answer, correct)``; with ``keep_steps`` also ``steps``, each example's list
-    of ``Step`` records. ``answer_length`` defaults to a per-task size
-    (``ANSWER_LENGTH``). ``progress=False`` hides the bar.
+    ``(example, answer, correct)`` in the order of ``examples``; with ``keep_steps`` also
+    ``steps``, each example's list of ``Step`` records. ``answer_length`` defaults to a
+    per-task size (``ANSWER_LENGTH``). ``progress=False`` hides the bar.
+
+    Examples are decoded ``batch_size`` at a time (one batch per answer length, sorted
+    by prompt length so that little padding is needed); each answer is the one its prompt
+    gets alone (``batch_size=1`` decodes them one by one).
 
     Taught in ``02_llada_training``, ``04_block_generation_and_kv_cache``.
     """
@@ -82,25 +120,53 @@ def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
 
     if not examples:
         raise ValueError("evaluate_answers needs at least one example")
-    rows, per_task, nfes, lengths, fixes, records = [], {}, [], [], [], []
-    for ex in tqdm(examples, desc=f"eval {strategy}", leave=False, disable=not progress):
-        L = answer_length or ANSWER_LENGTH.get(ex.task, DEFAULT_ANSWER_LENGTH)
-        steps = list(decode_steps(model, tokenizer, ex.prompt, L, strategy, **options))
-        last = steps[-1]
-        answer = answer_text(tokenizer, last.tokens)
-        end = answer_end(tokenizer, last.tokens)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(examples)
+    sizes = [answer_length or ANSWER_LENGTH.get(ex.task, DEFAULT_ANSWER_LENGTH)
+             for ex in examples]
+    prompt_tokens = [len(tokenizer(ex.prompt, add_special_tokens=False).input_ids)
+                     for ex in examples]
+    order = sorted(range(n), key=lambda i: (sizes[i], prompt_tokens[i], i))
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) == batch_size or sizes[current[0]] != sizes[i]):
+            batches.append(current)
+            current = []
+        current.append(i)
+    batches.append(current)
+
+    last, fixed, records = [None] * n, [set() for _ in range(n)], [[] for _ in range(n)]
+    bar = tqdm(total=n, desc=f"eval {strategy}", leave=False, disable=not progress)
+    for batch in batches:
+        steps = decode_steps(model, tokenizer, [examples[i].prompt for i in batch],
+                             sizes[batch[0]], strategy, **options)
+        for row in steps:
+            for i, step in zip(batch, row):
+                if step is None:
+                    continue
+                last[i] = step
+                fixed[i].update(step.corrected)
+                if keep_steps:
+                    records[i].append(step)
+        bar.update(len(batch))
+    bar.close()
+
+    rows, per_task, fixes = [], {}, []
+    for i, ex in enumerate(examples):
+        answer = answer_text(tokenizer, last[i].tokens)
+        end = answer_end(tokenizer, last[i].tokens)
         ok = score_answer(answer, ex.keys, ex.answer)
         rows.append((ex, answer, ok))
         per_task.setdefault(ex.task, []).append(ok)
-        nfes.append(last.nfe)
-        lengths.append(L)
-        fixes.append(len({i for s in steps for i in s.corrected if i < end}))
-        if keep_steps:
-            records.append(steps)
-    n = len(rows)
-    out = {"accuracy": sum(ok for *_, ok in rows) / n, "n": n,
+        fixes.append(sum(1 for j in fixed[i] if j < end))
+    right = sum(ok for *_, ok in rows)
+    nfes = [s.nfe for s in last]
+    out = {"accuracy": right / n, "accuracy_ci": wilson_interval(right, n), "n": n,
            "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
-           "mean_nfe": sum(nfes) / n, "tokens_per_nfe": sum(lengths) / sum(nfes),
+           "per_task_ci": {t: wilson_interval(sum(v), len(v))
+                           for t, v in sorted(per_task.items())},
+           "mean_nfe": sum(nfes) / n, "tokens_per_nfe": sum(sizes) / sum(nfes),
            "corrections_per_answer": sum(fixes) / n,
            "answers_with_correction": sum(f > 0 for f in fixes) / n,
            "rows": rows}
@@ -110,10 +176,12 @@ def evaluate_answers(model, tokenizer, examples, strategy: str = "greedy",
 
 
 def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
-                        seq_len: int = 128, seed: int = 0) -> dict[float, float]:
+                        seq_len: int = 128, seed: int = 0,
+                        counts: bool = False) -> dict[float, float]:
     """Token accuracy of a single forward pass when a fraction ``ratio`` of the text's
     tokens is masked: BERT is good at 15% and collapses as the ratio grows; a model trained
-    with variable masking keeps going. Taught in ``01_bert_masking``.
+    with variable masking keeps going. ``counts=True``: ``(right, masked)`` token counts
+    instead of the fraction. Taught in ``01_bert_masking``.
     """
     import torch
 
@@ -134,7 +202,8 @@ def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_r
         xt, masked = xt.to(device), masked.to(device)
         with torch.no_grad():
             pred = model(input_ids=xt, attention_mask=am).logits.argmax(-1)
-        out[float(r)] = ((pred == x0) & masked).sum().item() / max(1, masked.sum().item())
+        right, total = ((pred == x0) & masked).sum().item(), masked.sum().item()
+        out[float(r)] = (right, total) if counts else right / max(1, total)
     return out
 
 
@@ -148,7 +217,7 @@ def _steps_list(steps) -> list:
 
 def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=None,
                   ratios=(0.15, 0.3, 0.5, 0.7, 0.9), progress: bool = True,
-                  **options) -> dict:
+                  batch_size: int = 64, **options) -> dict:
     """One model's numbers: token accuracy by mask ratio and, for chat models, held-out
     accuracy on both splits (keys ``heldout_<split>_<strategy>[_<k>steps]``).
 
@@ -156,11 +225,16 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
     the uniform-state sampler (32 steps unless ``steps`` says), masked models the seed's
     greedy decoding, or LLaDA's sampler (one block, low-confidence) when ``steps`` is
     given. ``steps``: an int or a list of them, one row per value. ``eval`` and the model
-    cards of ``build-models`` both come from here.
+    cards of ``build-models`` both come from here. Every accuracy comes with its 95%
+    Wilson interval (keys ending in ``_ci``).
+    Taught in ``02_llada_training``.
     """
     steps = _steps_list(steps)
     model.eval()
-    res = {"mask_ratio_token_accuracy": mask_ratio_accuracy(model, tokenizer, ratios)}
+    tokens = mask_ratio_accuracy(model, tokenizer, ratios, counts=True)
+    res = {"mask_ratio_token_accuracy": {r: k / max(1, t) for r, (k, t) in tokens.items()},
+           "mask_ratio_token_accuracy_ci": {r: wilson_interval(k, t)
+                                            for r, (k, t) in tokens.items()}}
     if name == "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
         return res
     for k in steps:
@@ -173,17 +247,19 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
         label = strat + (f"_{opts['steps']}steps" if "steps" in opts else "")
         for split in ("heldout_entities", "heldout_phrasings"):
             ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
-                                  strategy=strat, progress=progress, **opts)
+                                  strategy=strat, progress=progress,
+                                  batch_size=batch_size, **opts)
             res[f"{split}_{label}"] = {key: v for key, v in ev.items() if key != "rows"}
     return res
 
 
 def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
                ratios=(0.15, 0.3, 0.5, 0.7, 0.9), steps=None, progress: bool = True,
-               **options) -> dict:
+               batch_size: int = 64, **options) -> dict:
     """The numbers ``python -m dllm_lesson eval`` prints: :func:`measure_model` for each
     model (loaded on the CPU with the lesson backend), as a dict by model name. ``steps``
-    ``[8, 16, 32]`` compares masked and Duo models at equal forward passes."""
+    ``[8, 16, 32]`` compares masked and Duo models at equal forward passes.
+    Taught in ``02_llada_training``."""
     from .loading import load_model
 
     _steps_list(steps)  # a bad value fails before any model loads
@@ -191,33 +267,45 @@ def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,
     for name in models:
         model, tok = load_model(name, device="cpu", backend="lesson")
         results[name] = measure_model(name, model, tok, strategy, steps, limit, ratios,
-                                      progress, **options)
+                                      progress, batch_size, **options)
     return results
 
 
+def _ci(interval) -> str:
+    lo, hi = interval
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
 def format_table(results: dict) -> str:
+    """The eval tables as text: every accuracy with its 95% Wilson interval.
+    Taught in ``02_llada_training``."""
     lines = []
     ratios = sorted({r for res in results.values() for r in res["mask_ratio_token_accuracy"]})
-    lines.append("Token accuracy of one forward pass, by mask ratio")
-    lines.append(f"{'model':<12}" + "".join(f"{r:>8.2f}" for r in ratios))
+    lines.append("Token accuracy of one forward pass, by mask ratio (95% interval below)")
+    lines.append(f"{'model':<12}" + "".join(f"{r:>16.2f}" for r in ratios))
     for name, res in results.items():
         acc = res["mask_ratio_token_accuracy"]
-        lines.append(f"{name:<12}" + "".join(f"{acc[r]:>8.3f}" for r in ratios))
+        ci = res.get("mask_ratio_token_accuracy_ci", {})
+        lines.append(f"{name:<12}" + "".join(f"{acc[r]:>16.3f}" for r in ratios))
+        if ci:
+            lines.append(f"{'':<12}" + "".join(f"{_ci(ci[r]):>16}" for r in ratios))
     for name, res in results.items():
         for key, ev in res.items():
-            if key == "mask_ratio_token_accuracy":
+            if key.startswith("mask_ratio_token_accuracy"):
                 continue
             lines.append(f"\n{name}, {key}: exact-match accuracy {ev['accuracy']:.3f} "
+                         f"{_ci(ev['accuracy_ci'])} "
                          f"(n={ev['n']}, {ev['mean_nfe']:.1f} forward passes per answer, "
                          f"{ev['corrections_per_answer']:.2f} self-corrections per answer, "
                          f"{ev['answers_with_correction']:.0%} of answers with one)")
             for task, a in ev["per_task"].items():
-                lines.append(f"  {task:<20}{a:>7.3f}")
+                lines.append(f"  {task:<20}{a:>7.3f}  {_ci(ev['per_task_ci'][task])}")
     return "\n".join(lines)
 
 
 def main_eval(argv=None):
-    """``python -m dllm_lesson eval``: held-out accuracy and accuracy against mask ratio."""
+    """``python -m dllm_lesson eval``: held-out accuracy and accuracy against mask ratio,
+    each with its 95% Wilson interval. Taught in ``02_llada_training``."""
     import argparse
     import json
 
@@ -233,6 +321,8 @@ def main_eval(argv=None):
                    help="sampler steps, one row per value (e.g. --steps 8 16 32): Duo "
                    "models use the duo sampler, masked models LLaDA's (equal forward passes)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a fixed subsample")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="prompts decoded together (1: one at a time; same answers)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--update-card", action="store_true",
@@ -242,7 +332,8 @@ def main_eval(argv=None):
         torch.set_num_threads(args.threads)
     models = tuple(args.model or ("tiny-bert", "tiny-dllm"))
     try:
-        results = eval_table(models, args.strategy, args.limit, steps=args.steps)
+        results = eval_table(models, args.strategy, args.limit, steps=args.steps,
+                             batch_size=args.batch_size)
     except ValueError as e:
         p.error(str(e))
     print(format_table(results))

@@ -170,12 +170,13 @@ class RowSpans:
     alone in the last bits (the reductions over keys are grouped differently when the key
     count changes), and the difference grows through the layers to ~1e-5 in the logits.
     Batched decoding must give each prompt the tokens it gets alone, so it asks for this
-    path: ``rows[b] = (q_lo, q_hi, k_lo, k_hi, bias)``: row ``b``'s real queries and keys
-    (one contiguous run each) and the sliding-window bias it would have alone. Padding
-    queries get zeros. Costs one attention call per row (cheap on a CPU).
+    path: ``runs = [(b_lo, b_hi, q_lo, q_hi, k_lo, k_hi, bias)]``: rows ``b_lo:b_hi``
+    share their real queries ``q_lo:q_hi`` and keys ``k_lo:k_hi`` (equal padding) and the
+    sliding-window bias they would have alone; each run is one attention call (the batch
+    dimension does not change a row's result). Padding queries get zeros.
     """
 
-    rows: list
+    runs: list
 
 
 def row_spans(start: int, num_queries: int, key_mask: torch.Tensor,
@@ -192,9 +193,12 @@ def row_spans(start: int, num_queries: int, key_mask: torch.Tensor,
             return None
         q_lo = min(max(k_lo - start, 0), num_queries)
         q_hi = max(min(k_hi - start, num_queries), q_lo)
+        if rows and rows[-1][1] == b and rows[-1][2:6] == (q_lo, q_hi, k_lo, k_hi):
+            rows[-1] = (rows[-1][0], b + 1, *rows[-1][2:])     # same padding: one run
+            continue
         bias = attention_bias(start + q_lo - k_lo, q_hi - q_lo, k_hi - k_lo, None,
                               half_window, dtype, device)
-        rows.append((q_lo, q_hi, k_lo, k_hi, bias))
+        rows.append((b, b + 1, q_lo, q_hi, k_lo, k_hi, bias))
     return RowSpans(rows)
 
 
@@ -253,11 +257,11 @@ class Attention(nn.Module):
         scale = self.head_dim ** -0.5
         if isinstance(mask, RowSpans):  # row by row, over each row's own tokens
             out = torch.zeros_like(q)
-            for b, (q_lo, q_hi, k_lo, k_hi, bias) in enumerate(mask.rows):
+            for b0, b1, q_lo, q_hi, k_lo, k_hi, bias in mask.runs:
                 if q_hi > q_lo:
-                    out[b:b + 1, :, q_lo:q_hi] = F.scaled_dot_product_attention(
-                        q[b:b + 1, :, q_lo:q_hi], k[b:b + 1, :, k_lo:k_hi],
-                        v[b:b + 1, :, k_lo:k_hi], attn_mask=bias, scale=scale)
+                    out[b0:b1, :, q_lo:q_hi] = F.scaled_dot_product_attention(
+                        q[b0:b1, :, q_lo:q_hi], k[b0:b1, :, k_lo:k_hi],
+                        v[b0:b1, :, k_lo:k_hi], attn_mask=bias, scale=scale)
         else:  # softmax(q k^T / sqrt(d) + mask) v
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                  scale=scale)  # (B, h, W, d)

@@ -860,15 +860,22 @@ def animate(model, tokenizer, prompt: str, answer_length: int = 64,
 
 
 def main_generate(argv=None) -> int:
-    """``python -m dllm_lesson generate --model NAME --prompt TEXT [--strategy ...]``.
+    """``python -m dllm_lesson generate [--model NAME] "PROMPT" ["PROMPT" ...]
+    [--strategy ...]`` (``--prompt TEXT`` works too). One prompt: the de-masking is
+    animated; several: they are decoded together as one batch and each answer printed.
 
     Taught in ``03_greedy_decoding``.
     """
-    p = argparse.ArgumentParser(prog="python -m dllm_lesson generate",
-                                description="Animate de-masking and print the answer.")
+    p = argparse.ArgumentParser(
+        prog="python -m dllm_lesson generate",
+        description="Animate de-masking and print the answer; several prompts are decoded "
+                    "as one batch.")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT",
+                   help='e.g. "What is the capital of Kenya?"')
     p.add_argument("--model", default="tiny-dllm",
                    help="shipped name (tiny-dllm, tiny-duo, ...), hub id or folder")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a prompt (repeatable), same as the positional PROMPT")
     p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
     p.add_argument("--answer-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=None)
@@ -878,25 +885,37 @@ def main_generate(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
     p.add_argument("--backend", default=None, choices=["transformers", "lesson"],
-                   help="default: lesson when --cache is given, else transformers")
+                   help="default: lesson with --cache or several prompts (batches are then "
+                   "bit-exact per row), else transformers")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.05, help="seconds between frames")
     p.add_argument("--verbose", action="store_true",
                    help="one line per step when the output is not a terminal")
     args = p.parse_args(argv)
+    prompts = args.prompts + args.prompt
+    if not prompts:
+        p.error('give a prompt: python -m dllm_lesson generate "What is the capital of '
+                'Kenya?"')
     from .loading import load_model
 
-    backend = args.backend or ("lesson" if args.cache else "transformers")
+    batch = len(prompts) > 1
+    backend = args.backend or ("lesson" if args.cache or batch else "transformers")
     model, tokenizer = load_model(args.model, device=args.device, backend=backend)
     if tokenizer is None:
         p.error(f"{args.model} has no tokenizer files: generation needs one")
+    options = dict(steps=args.steps, block_length=args.block_length,
+                   threshold=args.threshold, remasking=args.remasking,
+                   temperature=args.temperature, cache=args.cache, seed=args.seed)
     try:
-        animate(model, tokenizer, args.prompt, args.answer_length, args.strategy,
-                delay=args.delay, verbose=args.verbose, steps=args.steps,
-                block_length=args.block_length, threshold=args.threshold,
-                remasking=args.remasking, temperature=args.temperature, cache=args.cache,
-                seed=args.seed)
+        if not batch:
+            animate(model, tokenizer, prompts[0], args.answer_length, args.strategy,
+                    delay=args.delay, verbose=args.verbose, **options)
+            return 0
+        answers = generate(model, tokenizer, prompts, args.answer_length, args.strategy,
+                           **options)
     except ValueError as e:
         p.error(str(e))
+    for prompt, answer in zip(prompts, answers):
+        print(f"User: {prompt}\nAssistant: {answer}\n")
     return 0

@@ -38,26 +38,39 @@ def test_bench_rows(model_dir, tmp_path):
     path = tmp_path / "bench.json"
     L = 8
     rows = bench.run_bench(str(model_dir), lengths=(L,), repeats=1, n_prompts=2,
-                           json_path=path, duo=True, block_length=4, device="cpu")
+                           json_path=path, duo=True, block_length=4, device="cpu",
+                           progress=False)
     assert json.loads(path.read_text()) == rows
     names = [r["strategy"] for r in rows]
     assert names == [n for n, _ in bench.bench_strategies(L, 4, duo=True)]
-    assert len(names) == 11 and names[0] == "greedy"
+    assert names[:2] == ["llada 1 token/step block=4", "greedy"]
     assert sum(n.startswith("duo") for n in names) == 3
     for r in rows:
         assert set(r) == set(bench.KEYS)
-        assert r["answer_length"] == L
+        assert r["answer_length"] == L and r["n_prompts"] == 2
         assert r["tokens_per_nfe"] == pytest.approx(L / r["nfe"])
-        assert r["speedup_vs_greedy"] == pytest.approx(rows[0]["seconds"] / r["seconds"])
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["seconds"] > 0
+        assert r["answer_tokens_per_nfe"] <= r["tokens_per_nfe"] + 1e-9
+        assert r["speedup_vs_llada"] == pytest.approx(rows[0]["seconds"] / r["seconds"])
+        assert r["speedup_vs_greedy"] == pytest.approx(rows[1]["seconds"] / r["seconds"])
+        lo, hi = r["accuracy_ci"]
+        assert 0.0 <= lo <= r["accuracy"] <= hi <= 1.0 and r["seconds"] > 0
     by = dict(zip(names, rows))
+    base = by["llada 1 token/step block=4"]
+    assert base["nfe"] == L and base["steps"] == L and base["block_length"] == 4
+    assert base["cache"] is None and base["threshold"] is None
     assert by["greedy"]["nfe"] == L and by["greedy"]["speedup_vs_greedy"] == 1.0
-    assert by["llada steps=4 block=4"]["nfe"] == 4
-    assert by["llada steps=2 block=4"]["nfe"] == 2              # at least one per block
     assert [by[f"duo steps={s}"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
-    assert by["llada steps=8 block=4"]["nfe"] == 8   # masked at duo's NFE (<= L only)
-    for cache in ("", " prefix", " dual"):                    # >= 1 step per block
-        assert 2 <= by[f"threshold 0.9 block=4{cache}"]["nfe"] <= L
+    dual = by["threshold 0.9 block=4 dual"]
+    assert (dual["cache"], dual["threshold"], dual["block_length"]) == ("dual", 0.9, 4)
+    assert 2 <= dual["nfe"] <= L                                # >= 1 step per block
+
+
+def test_bench_full_table_names():
+    names = [n for n, _ in bench.bench_strategies(256, 32, full=True)]
+    assert names[:2] == ["llada 1 token/step block=32", "greedy"]
+    assert len(names) == len(set(names))
+    assert "threshold 0.9 block=32 prefix" in names and "remask steps=128 block=32" in names
+    assert sum(n.endswith(" dual") for n in names) == 20      # 5 thresholds x 4 blocks
 
 
 def test_bench_duo_rows_on_another_model(model_dir):
@@ -67,42 +80,69 @@ def test_bench_duo_rows_on_another_model(model_dir):
     L = 32
     rows = bench.run_bench(model_name="masked", lengths=(L,), repeats=1, n_prompts=1,
                            model=model, tokenizer=tok, duo_model=str(model_dir),
-                           block_length=32)
+                           block_length=32, progress=False)
     by = {r["strategy"]: r for r in rows}
     tag = f" [{model_dir.name}]"
     assert [by[f"duo steps={s}{tag}"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
-    # masked diffusion at the same forward passes; steps=8 and 16 were already rows
-    assert [by[f"llada steps={s} block=32"]["nfe"] for s in (8, 16, 32)] == [8, 16, 32]
-    assert len(rows) == len(by) == 7 + 1 + 3
+    # masked diffusion at the same forward passes (32 steps: the baseline itself)
+    assert [by[f"llada steps={s} block=32"]["nfe"] for s in (8, 16)] == [8, 16]
+    assert by["llada 1 token/step block=32"]["nfe"] == 32
+    assert len(rows) == len(by) == 5 + 2 + 3        # blocks of 128, 256 -> 32: one row
 
 
-def test_bench_nfe_is_the_mean_over_prompts(model_dir):
+def test_bench_row_counts_answer_tokens_and_facts(model_dir):
+    """nfe is the mean over prompts; answer tokens per pass count the tokens before the
+    end token only; facts are pooled over prompts."""
     from dllm_lesson.loading import load_model
+    from dllm_lesson.sampling import answer_end, answer_text
 
     model, tok = load_model(str(model_dir), device="cpu", backend="lesson")
     L = 12
-    rows = bench.run_bench(model_name="x", lengths=(L,), repeats=2, n_prompts=3,
-                           model=model, tokenizer=tok, duo=False, block_length=6)
-    assert len(rows) == 7
     prompts = bench.bench_prompts(tok, L, 3)
-    options = dict(bench.bench_strategies(L, 6))["threshold 0.9 block=6 dual"]
-    nfes = [list(decode_steps(model, tok, p, L, **options))[-1].nfe for p, *_ in prompts]
-    row = rows[[r["strategy"] for r in rows].index("threshold 0.9 block=6 dual")]
-    assert row["nfe"] == pytest.approx(sum(nfes) / len(nfes))
+    options = dict(strategy="threshold", threshold=0.9, block_length=6, cache="dual")
+    res = bench.run_row(model, tok, prompts, L, options, repeats=2, batch_size=2)
+    last = [list(decode_steps(model, tok, p, L, **options))[-1] for p, *_ in prompts]
+    assert res["nfe"] == pytest.approx(sum(s.nfe for s in last) / 3)
+    assert res["answer_tokens_per_nfe"] == pytest.approx(
+        sum(answer_end(tok, s.tokens) for s in last) / sum(s.nfe for s in last))
+    assert res["answers"] == [answer_text(tok, s.tokens) for s in last]
+    stated = sum(min(a.count(k), keys.count(k)) for (_, keys, _), a in
+                 zip(prompts, res["answers"]) for k in set(keys))
+    assert res["accuracy"] == pytest.approx(stated / sum(len(k) for _, k, _ in prompts))
 
 
-def test_bench_prompts_fit_the_answer(model_dir):
+def test_long_prompts_fill_the_answer_with_held_out_countries(model_dir, corpus):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    for L, task_words in ((64, 1), (256, 3)):   # one country; lists of 3 to 6
-        prompts = bench.bench_prompts(tok, L, 5)
-        assert len(prompts) == 5
-        for prompt, keys, reference in prompts:
-            assert len(keys) >= 3 * task_words     # capital, continent, language each
-            assert len(tok(reference, add_special_tokens=False).input_ids) < L
-    long_rows = bench.bench_prompts(tok, 256, 100)
-    assert all("these countries" in p for p, *_ in long_rows)
+    prompts = bench.long_prompts(tok, 64, 256)
+    assert len(prompts) == 64 == len({p for p, *_ in prompts})
+    held = {e.entity for e in corpus.heldout_entities if e.task == "describe"}
+    sft_lists = {e.entity for e in corpus.sft if e.task == "describe_many"}
+    for prompt, keys, reference in prompts:
+        size = len(tok(reference, add_special_tokens=False).input_ids)
+        assert 0.65 * 256 <= size <= 252
+        countries = [line.split(" is a country")[0] for line in reference.splitlines()]
+        assert len(keys) == 3 * len(countries)             # capital, continent, language
+        assert sum(c in held for c in countries) >= 3
+        assert "|".join(countries) not in sft_lists
+        assert all(c in prompt for c in countries)
+    assert bench.bench_prompts(tok, 256, 5) == prompts[:5]
+    short = bench.bench_prompts(tok, 64, 5)                  # one country each
+    assert all(len(keys) == 3 for _, keys, _ in short)
+
+
+def test_best_parallel_picks_the_fastest_cached_row_within_one_point():
+    rows = [dict(strategy="llada 1 token/step block=32", answer_length=256, accuracy=0.5,
+                 cache=None, speedup_vs_llada=1.0),
+            dict(strategy="a", answer_length=256, accuracy=0.495, cache="dual",
+                 speedup_vs_llada=20.0),
+            dict(strategy="b", answer_length=256, accuracy=0.48, cache="dual",
+                 speedup_vs_llada=40.0),
+            dict(strategy="c", answer_length=256, accuracy=0.6, cache=None,
+                 speedup_vs_llada=30.0)]
+    assert bench.best_parallel(rows)["strategy"] == "a"
+    assert bench.best_parallel(rows[:1]) is None
 
 
 def test_main_bench(model_dir, tmp_path, capsys):
@@ -112,7 +152,8 @@ def test_main_bench(model_dir, tmp_path, capsys):
                       "--json", str(path)])
     out = capsys.readouterr().out
     rows = json.loads(path.read_text())
-    assert len(rows) == 7 and "greedy" in out and "tok/NFE" in out
+    assert len(rows) == len(bench.bench_strategies(8, 4)) == 6
+    assert "greedy" in out and "ans/NFE" in out
     assert all(r["strategy"] in out for r in rows)
     with pytest.raises(SystemExit):
         bench.main_bench(["--model", str(model_dir), "--repeats", "0"])

@@ -79,3 +79,70 @@ def test_eval_refuses_bad_steps(capsys):
     with pytest.raises(SystemExit):
         evaluate.main_eval(["--model", "tiny-dllm", "--steps", "0", "--limit", "1"])
     assert "steps must be positive integers, got 0" in capsys.readouterr().err
+
+
+def test_wilson_interval_known_values():
+    # textbook values (e.g. Newcombe 1998, Table I; Agresti & Coull 1998), z = 1.96
+    assert evaluate.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert evaluate.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert evaluate.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert evaluate.wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert evaluate.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        evaluate.wilson_interval(3, 2)
+
+
+def test_wilson_interval_covers_as_promised():
+    """Monte Carlo: at p = 0.9, n = 50 the interval holds p in about 95% of samples
+    (binomial counts are discrete: the exact coverage here is 97.3%)."""
+    import random
+
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(4000):
+        k = sum(rng.random() < 0.9 for _ in range(50))
+        lo, hi = evaluate.wilson_interval(k, 50)
+        hits += lo <= 0.9 <= hi
+    assert 0.92 <= hits / 4000 <= 0.98     # discrete: 0.973 exactly at this p, n
+
+
+def test_unknown_split_or_task_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown split 'heldout'.*heldout_entities"):
+        evaluate.held_out_examples("heldout")
+    with pytest.raises(ValueError, match="unknown task 'capitals'.*'capital'"):
+        evaluate.held_out_examples("heldout_entities", tasks=("capitals",))
+    assert {e.task for e in evaluate.held_out_examples("heldout_entities", "legs")} == {"legs"}
+
+
+def test_batched_eval_gives_the_answers_one_at_a_time():
+    """Mixed tasks (answer areas 32 and 64), prompts of many lengths, batches of 5."""
+    model, tok = load_model("tiny-dllm", device="cpu", backend="lesson")
+    examples = evaluate.held_out_examples("heldout_phrasings", limit=14)
+    assert len({ex.task for ex in examples}) > 3
+    batched = evaluate.evaluate_answers(model, tok, examples, "threshold", threshold=0.7,
+                                        block_length=16, progress=False, batch_size=5,
+                                        keep_steps=True)
+    alone = evaluate.evaluate_answers(model, tok, examples, "threshold", threshold=0.7,
+                                      block_length=16, progress=False, batch_size=1,
+                                      keep_steps=True)
+    assert [r[1] for r in batched["rows"]] == [r[1] for r in alone["rows"]]
+    assert batched["steps"] == alone["steps"]
+    assert [r[0] for r in batched["rows"]] == examples            # the caller's order
+    k = sum(ok for *_, ok in batched["rows"])
+    assert batched["accuracy_ci"] == evaluate.wilson_interval(k, 14)
+    assert set(batched["per_task_ci"]) == set(batched["per_task"])
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate.evaluate_answers(model, tok, examples, batch_size=0)
+
+
+def test_eval_table_prints_intervals():
+    res = {"m": {"mask_ratio_token_accuracy": {0.5: 0.5},
+                 "mask_ratio_token_accuracy_ci": {0.5: (0.4, 0.6)},
+                 "heldout_entities_greedy": {
+                     "accuracy": 0.5, "accuracy_ci": (0.2366, 0.7634), "n": 10,
+                     "mean_nfe": 32.0, "corrections_per_answer": 0.0,
+                     "answers_with_correction": 0.0, "per_task": {"capital": 0.5},
+                     "per_task_ci": {"capital": (0.2366, 0.7634)}}}}
+    text = evaluate.format_table(res)
+    assert "exact-match accuracy 0.500 [0.237, 0.763]" in text
+    assert "capital" in text and "[0.400, 0.600]" in text
