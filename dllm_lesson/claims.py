@@ -72,3 +72,38 @@ def claim_between(value: float, low: float, high: float, sentence: str) -> None:
         raise ClaimError(f"This claim of the lesson no longer holds: {sentence} "
                          f"(measured {value:.4g}, outside [{low:.4g}, {high:.4g}])")
     claim(True, sentence)
+
+
+# -- intervals: how sure a comparison on n questions can be -------------------------------
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (``z = 1.96``) Wilson score interval of a proportion ``correct / n``.
+
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"wilson_interval needs 0 <= correct <= n and n > 0, got "
+                         f"correct={correct}, n={n}")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a, b, z: float = 1.96) -> tuple[float, float, float]:
+    """Accuracy of ``a`` minus accuracy of ``b`` on the same questions (two 0/1
+    sequences), with a 95% interval from the per-question differences (normal
+    approximation; questions both get right or both get wrong carry no information, so
+    this is much tighter than two separate intervals). Returns ``(diff, low, high)``.
+
+    Taught in ``05_remasking_and_parallel_decoding``.
+    """
+    a, b = [int(v) for v in a], [int(v) for v in b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two non-empty sequences of equal "
+                         f"length, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((v - mean) ** 2 for v in d) / max(n - 1, 1)
+    half = z * math.sqrt(var / n)
+    return mean, mean - half, mean + half

@@ -56,3 +56,31 @@ def test_claim_between(capsys):
         claim_between(0.5, 0.6, 0.4, "bad range")
     with pytest.raises(TypeError, match="must be a number"):
         claim_between("0.5", 0.4, 0.6, "text")
+
+
+def test_wilson_interval_known_values():
+    from dllm_lesson.claims import wilson_interval
+
+    lo, hi = wilson_interval(8, 8)            # 8/8 is far from certain
+    assert hi == 1.0 and 0.67 < lo < 0.68     # textbook: [0.676, 1]
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    lo, hi = wilson_interval(190, 200)
+    assert lo < 0.95 < hi and hi - lo < 0.07
+    with pytest.raises(ValueError, match="correct <= n"):
+        wilson_interval(3, 2)
+
+
+def test_paired_difference():
+    from dllm_lesson.claims import paired_difference
+
+    same = [1, 0, 1, 1] * 50
+    assert paired_difference(same, same) == (0.0, 0.0, 0.0)
+    a = [1] * 200
+    b = [1] * 180 + [0] * 20                   # b loses 20 of 200
+    diff, lo, hi = paired_difference(a, b)
+    assert diff == pytest.approx(0.1) and 0.05 < lo < 0.1 < hi < 0.15
+    diff, lo, hi = paired_difference(b, a)
+    assert diff == pytest.approx(-0.1) and hi < 0
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference([1, 0], [1])
