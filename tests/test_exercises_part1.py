@@ -5,7 +5,6 @@ independent, vectorised solution (often the library's own function), and fails
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
@@ -49,11 +48,80 @@ def test_fill_order_matches_the_library_plot():
     assert viz._commit_steps(steps).tolist() == part1.fill_order_reference(steps)
 
 
-def test_forward_passes():
-    run("forward_passes", lambda n, k: math.ceil(n / k))
-    run("forward_passes", lambda n, k: -(-n // k))
-    fails("forward_passes", lambda n, k: n // k)                    # forgets the rest
-    fails("forward_passes", lambda n, k: n // k + 1)                # one too many
+def _demask_vectorised(predict, x, mask_id, k):
+    x, passes = x.clone(), 0
+    while (x == mask_id).any():
+        conf, tok = predict(x).max(-1)                               # (L,), (L,)
+        passes += 1
+        conf = conf.masked_fill(x != mask_id, -1.0)
+        pick = torch.sort(conf, descending=True, stable=True).indices[:k]
+        pick = pick[conf[pick] >= 0]
+        x[pick] = tok[pick]
+    return x, passes
+
+
+def test_demask():
+    run("demask", _demask_vectorised)
+
+    def one_pass(predict, x, mask_id, k):                           # never re-predicts
+        x, passes = x.clone(), 0
+        conf, tok = predict(x).max(-1)
+        while (x == mask_id).any():
+            passes += 1
+            c = conf.masked_fill(x != mask_id, -1.0)
+            pick = torch.sort(c, descending=True, stable=True).indices[:k]
+            pick = pick[c[pick] >= 0]
+            x[pick] = tok[pick]
+        return x, passes
+
+    def least_confident(predict, x, mask_id, k):
+        x, passes = x.clone(), 0
+        while (x == mask_id).any():
+            conf, tok = predict(x).max(-1)
+            passes += 1
+            conf = conf.masked_fill(x != mask_id, 2.0)
+            pick = torch.sort(conf, stable=True).indices[:k]
+            pick = pick[conf[pick] <= 1]
+            x[pick] = tok[pick]
+        return x, passes
+
+    def left_to_right(predict, x, mask_id, k):                      # AR order, k at a time
+        x, passes = x.clone(), 0
+        while (x == mask_id).any():
+            tok = predict(x).argmax(-1)
+            passes += 1
+            pick = (x == mask_id).nonzero()[:k, 0]
+            x[pick] = tok[pick]
+        return x, passes
+
+    def passes_off_by_one(predict, x, mask_id, k):
+        x, passes = _demask_vectorised(predict, x, mask_id, k)
+        return x, int((x.numel() + k - 1) // k)                      # counts every position
+
+    for wrong in (one_pass, least_confident, left_to_right, passes_off_by_one):
+        fails("demask", wrong)
+
+
+def test_demask_with_k_1_is_the_library_greedy():
+    """k = 1 is the seed's greedy decoder: same tokens and passes as decode_steps."""
+    import dllm_lesson
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    model, tok = dllm_lesson.load_model("tiny-dllm", device="cpu")
+    prompt, A = "What sound does a dog make?", 8
+    ids, a0 = build_sequence(tok, prompt, A)
+
+    def predict(x):
+        with torch.no_grad():
+            probs = model(input_ids=x[None]).logits[0].softmax(-1)
+        probs[:, tok.mask_token_id] = 0.0                            # as the engine
+        return probs
+
+    tokens, passes = part1.demask_reference(predict, ids[0], tok.mask_token_id, 1)
+    steps = list(decode_steps(model, tok, prompt, answer_length=A, strategy="greedy"))
+    assert tokens[a0:a0 + A] == steps[-1].tokens and passes == steps[-1].nfe == A
+    _, passes4 = part1.demask_reference(predict, ids[0], tok.mask_token_id, 3)
+    assert passes4 == 3                                              # ceil(8 / 3)
 
 
 # -- 01_bert_masking ---------------------------------------------------------------------
@@ -121,11 +189,73 @@ def test_masked_cross_entropy():
 
 
 # -- 02_llada_training -------------------------------------------------------------------
-def test_mask_probability():
-    run("mask_probability", noise.mask_probability)
-    fails("mask_probability", lambda t, eps: t + eps)               # can exceed 1
-    fails("mask_probability", lambda t, eps: (1 - eps) * t)         # can be 0
-    fails("mask_probability", lambda t, eps: t.clamp(min=eps))
+def _elbo_vectorised(log_probs, x0, maskable, t, u, mask_id):
+    total = 0.0
+    for k in range(len(t)):
+        masked = maskable.bool() & (u[k] < t[k])                     # (L,)
+        xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+        nll = -log_probs(xt).gather(1, x0[:, None])[:, 0]            # (L,)
+        total = total + (nll * masked).sum() / t[k]
+    return total / len(t)
+
+
+def test_masked_elbo():
+    run("masked_elbo", _elbo_vectorised)
+
+    def weighted(log_probs, x0, maskable, t, u, mask_id, weight):
+        total = 0.0
+        for k in range(len(t)):
+            masked = maskable.bool() & (u[k] < t[k])
+            xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+            nll = -log_probs(xt).gather(1, x0[:, None])[:, 0]
+            total += float((nll * masked).sum()) * weight(float(t[k]))
+        return total / len(t)
+
+    def no_weight(*args):                                            # plain masked CE
+        return weighted(*args, weight=lambda t: 1.0)
+
+    def times_t(*args):                                              # t instead of 1/t
+        return weighted(*args, weight=lambda t: t)
+
+    def per_masked_token(log_probs, x0, maskable, t, u, mask_id):    # a mean, not a sum
+        total = 0.0
+        for k in range(len(t)):
+            masked = maskable.bool() & (u[k] < t[k])
+            xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+            nll = -log_probs(xt).gather(1, x0[:, None])[:, 0]
+            total += float((nll * masked).sum() / masked.sum().clamp(min=1) / t[k])
+        return total / len(t)
+
+    def clean_input(log_probs, x0, maskable, t, u, mask_id):         # never masks x_t
+        total = 0.0
+        for k in range(len(t)):
+            masked = maskable.bool() & (u[k] < t[k])
+            nll = -log_probs(x0.clone()).gather(1, x0[:, None])[:, 0]
+            total += float((nll * masked).sum() / t[k])
+        return total / len(t)
+
+    for wrong in (no_weight, per_masked_token, clean_input, times_t):
+        fails("masked_elbo", wrong)
+
+
+def test_masked_elbo_is_the_training_loss_times_length():
+    """One sample of the ELBO estimate is LLaDA's training loss (inverse_t, eps = 0) times
+    the number of maskable tokens: the loss the course trains with is this bound, per
+    token."""
+    g = torch.Generator().manual_seed(0)
+    L, V = 12, 9
+    logits = torch.randn(L, V, generator=g) * 2
+    x0 = torch.randint(1, V, (L,), generator=g)
+    maskable = torch.ones(L, dtype=torch.bool)
+    maskable[0] = False
+    t = torch.tensor([0.37])
+    u = torch.rand(1, L, generator=g)
+    estimate = part1.masked_elbo_reference(lambda xt: logits.log_softmax(-1), x0, maskable,
+                                           t, u, mask_id=0)
+    masked = (u < t) & maskable[None]                                # (1, L)
+    loss = losses.llada_loss(logits[None], x0[None], masked, t[:, None], maskable[None])
+    assert abs(estimate - float(loss) * int(maskable.sum())) < 1e-4
+    assert masked.any()
 
 
 def test_llada_loss_from_ce_matches_library():

@@ -57,21 +57,174 @@ def test_block_bounds_matches_the_engine():
                     == sampling._blocks(answer_length, block_length))
 
 
-def test_block_bounds_wrong_answers_fail():
-    def no_short_last(L, b):
-        b = b or L
-        return [(s, s + b) for s in range(0, L - b + 1, b)]
+def test_split_steps_matches_the_engine():
+    for answer_length in range(1, 40):
+        for block_length in (None, 1, 3, 8, 16):
+            blocks = part2.block_bounds_reference(answer_length, block_length)
+            for steps in range(len(blocks), 40):
+                assert (part2.split_steps_reference(steps, blocks)
+                        == sampling._split_steps(steps, blocks))
 
-    def unclipped(L, b):
-        b = b or L
-        return [(s, s + b) for s in range(0, L, b)]
 
-    def inclusive_end(L, b):
-        b = b or L
-        return [(s, min(s + b, L) - 1) for s in range(0, L, b)]
+def _block_decode_vectorised(predict, x, a0, A, mask_id, steps, block_length):
+    x, committed = x.clone(), []
+    size = block_length or A
+    blocks = [(s, min(s + size, A)) for s in range(0, A, size)]
+    base, rem = divmod(steps, len(blocks))
+    for b, (bs, be) in enumerate(blocks):
+        n_steps = min(base + (b < rem), be - bs)
+        for k in range(n_steps):
+            block = x[a0 + bs:a0 + be]                                   # a view
+            left = int((block == mask_id).sum())
+            n = -(-left // (n_steps - k))                                # ceil
+            conf, tok = predict(x.clone())[a0 + bs:a0 + be].max(-1)
+            conf = conf.masked_fill(block != mask_id, -1.0)
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            block[pick] = tok[pick]
+            committed.append(sorted((pick + bs).tolist()))
+    return x, committed
 
-    for wrong in (no_short_last, unclipped, inclusive_end):
-        fails("block_bounds", wrong)
+
+def test_block_decode():
+    run("block_decode", _block_decode_vectorised)
+
+    def one_block(predict, x, a0, A, mask_id, steps, block_length):   # ignores blocks
+        return _block_decode_vectorised(predict, x, a0, A, mask_id, steps, None)
+
+    def whole_answer(predict, x, a0, A, mask_id, steps, block_length):
+        # right step counts, but candidates from the whole answer, not the block
+        x, committed = x.clone(), []
+        blocks = part2.block_bounds_reference(A, block_length)
+        for (bs, be), n_steps in zip(blocks, part2.split_steps_reference(steps, blocks)):
+            for n in part2.num_transfer_tokens_reference(be - bs, n_steps):
+                conf, tok = predict(x.clone())[a0:a0 + A].max(-1)
+                conf = conf.masked_fill(x[a0:a0 + A] != mask_id, -1.0)
+                pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+                pick = pick[conf[pick] >= 0]
+                x[a0 + pick] = tok[pick]
+                committed.append(sorted(pick.tolist()))
+        return x, committed
+
+    def last_block_takes_rest(predict, x, a0, A, mask_id, steps, block_length):
+        x, committed = x.clone(), []
+        blocks = part2.block_bounds_reference(A, block_length)
+        per = [steps // len(blocks)] * len(blocks)
+        per[-1] += steps - sum(per)
+        per = [min(p, be - bs) for p, (bs, be) in zip(per, blocks)]
+        for (bs, be), n_steps in zip(blocks, per):
+            for n in part2.num_transfer_tokens_reference(be - bs, n_steps):
+                conf, tok = predict(x.clone())[a0 + bs:a0 + be].max(-1)
+                conf = conf.masked_fill(x[a0 + bs:a0 + be] != mask_id, -1.0)
+                pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+                x[a0 + bs + pick] = tok[pick]
+                committed.append(sorted((pick + bs).tolist()))
+        return x, committed
+
+    for wrong in (one_block, whole_answer, last_block_takes_rest):
+        fails("block_decode", wrong)
+
+
+@pytest.fixture(scope="module")
+def tiny_dllm():
+    from dllm_lesson import load_model
+
+    return load_model("tiny-dllm", device="cpu", backend="lesson")
+
+
+def test_block_decode_reference_is_the_library_llada(tiny_dllm):
+    """On the shipped model, the reference loop commits what decode_steps' llada
+    strategy commits, step by step."""
+    model, tok = tiny_dllm
+    prompt, A = "Tell me about Peru.", 20
+    ids, a0 = sampling.build_sequence(tok, prompt, A)
+
+    def predict(x):
+        with torch.no_grad():
+            probs = model(input_ids=x[None]).logits[0].float().softmax(-1)
+        probs[:, tok.mask_token_id] = 0.0                                # as the engine
+        return probs
+
+    for steps, block_length in ((10, 8), (7, 4), (20, None)):
+        tokens, committed = part2.block_decode_reference(predict, ids[0], a0, A,
+                                                         tok.mask_token_id, steps,
+                                                         block_length)
+        records = list(sampling.decode_steps(model, tok, prompt, A, "llada", steps=steps,
+                                             block_length=block_length))
+        assert committed == [s.changed for s in records]
+        assert tokens[a0:a0 + A] == records[-1].tokens
+
+
+def test_dual_cache_block_reference_is_the_library_dual_cache(tiny_dllm):
+    """Block by block, the reference reproduces decode_steps(..., cache="dual")."""
+    model, tok = tiny_dllm
+    prompt, A, b, steps = "Tell me about Chile.", 24, 8, 12
+    ids, a0 = sampling.build_sequence(tok, prompt, A)
+    records = list(sampling.decode_steps(model, tok, prompt, A, "llada", steps=steps,
+                                         block_length=b, cache="dual"))
+    x = ids.clone()
+    blocks = part2.block_bounds_reference(A, b)
+    for (bs, be), n_steps in zip(blocks, part2.split_steps_reference(steps, blocks)):
+        counts = part2.num_transfer_tokens_reference(be - bs, n_steps)
+        x = part2.dual_cache_block_reference(model, x, a0 + bs, a0 + be, counts,
+                                             tok.mask_token_id)
+    assert x[0, a0:a0 + A].tolist() == records[-1].tokens
+
+
+def test_dual_cache_block_wrong_answers_fail():
+    def no_cache(model, x, lo, hi, counts, mask_id):                     # full passes
+        x = x.clone()
+        for n in counts:
+            probs = model(input_ids=x).logits[0, lo:hi].float().softmax(-1)
+            probs[:, mask_id] = 0
+            conf, tok = probs.max(-1)
+            conf = conf.masked_fill(x[0, lo:hi] != mask_id, -1.0)
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            x[0, lo + pick] = tok[pick]
+        return x
+
+    def prefix_window(model, x, lo, hi, counts, mask_id):                # to the end
+        x = x.clone()
+        logits, cache = model.build_cache(x)
+        window = logits[0, lo:hi]
+        for k, n in enumerate(counts):
+            if k:
+                window = model.forward_window(x[:, lo:], lo, cache)[0, :hi - lo]
+            probs = window.float().softmax(-1)
+            probs[:, mask_id] = 0
+            conf, tok = probs.max(-1)
+            conf = conf.masked_fill(x[0, lo:hi] != mask_id, -1.0)
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            x[0, lo + pick] = tok[pick]
+        return x
+
+    def rebuild_every_step(model, x, lo, hi, counts, mask_id):
+        x = x.clone()
+        for n in counts:
+            logits, _ = model.build_cache(x)
+            probs = logits[0, lo:hi].float().softmax(-1)
+            probs[:, mask_id] = 0
+            conf, tok = probs.max(-1)
+            conf = conf.masked_fill(x[0, lo:hi] != mask_id, -1.0)
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            x[0, lo + pick] = tok[pick]
+        return x
+
+    def mask_not_banned(model, x, lo, hi, counts, mask_id):
+        x = x.clone()
+        logits, cache = model.build_cache(x)
+        window = logits[0, lo:hi]
+        for k, n in enumerate(counts):
+            if k:
+                window = model.forward_window(x[:, lo:hi], lo, cache)[0]
+            conf, tok = window.float().softmax(-1).max(-1)
+            conf = conf.masked_fill(x[0, lo:hi] != mask_id, -1.0)
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            x[0, lo + pick] = tok[pick]
+        return x
+
+    run("dual_cache_block", lambda *a: part2.dual_cache_block_reference(*a))
+    for wrong in (no_cache, prefix_window, rebuild_every_step, mask_not_banned):
+        fails("dual_cache_block", wrong)
 
 
 class _FakeCachedModel(nn.Module):
@@ -120,24 +273,6 @@ def test_cache_window_matches_the_engine(tokenizer, kind):
         expected = {part2.cache_window_reference(kind, ids.shape[1], a0, bs, be)
                     for bs, be in blocks}
         assert (lo, hi) in expected
-
-
-def test_cache_window_wrong_answers_fail():
-    def dual_is_prefix(kind, L, a0, bs, be):
-        return a0 + bs, L
-
-    def forgets_answer_start(kind, L, a0, bs, be):
-        return (bs, L) if kind == "prefix" else (bs, be)
-
-    def prefix_from_zero(kind, L, a0, bs, be):
-        return (0, L) if kind == "prefix" else (a0 + bs, a0 + be)
-
-    def prefix_stops_at_answer_end(kind, L, a0, bs, be):
-        return a0 + bs, (a0 + be if kind == "dual" else L - 1)
-
-    for wrong in (dual_is_prefix, forgets_answer_start, prefix_from_zero,
-                  prefix_stops_at_answer_end):
-        fails("cache_window", wrong)
 
 
 def test_cache_window_rejects_unknown_kind():

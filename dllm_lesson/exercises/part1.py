@@ -92,29 +92,55 @@ def _check_fill_order(candidate, reference):
             raise _fail("fill_order", f"{length} positions, records: {rows}", got, expected)
 
 
-def forward_passes_reference(answer_length: int, tokens_per_step: int) -> int:
-    """Model calls needed to write ``answer_length`` tokens when every call commits
-    ``tokens_per_step`` of them (the last call commits what is left).
+def demask_reference(predict, x, mask_id: int, k: int) -> tuple[list[int], int]:
+    """A masked-diffusion sampler loop that commits ``k`` tokens per forward pass.
 
-    ``tokens_per_step=1`` is an autoregressive model and the seed's greedy decoder.
+    While ``x`` (L,) holds ``mask_id``: call ``predict(x)`` once (probabilities (L, V)),
+    take each masked position's most likely token and its probability (the confidence),
+    and commit the ``k`` most confident masked positions (all that are left if fewer;
+    ties go to the lower position). Returns ``(final tokens, number of predict calls)``:
+    ``ceil(masks / k)`` passes, so ``k = 1`` costs as many passes as an autoregressive
+    model and ``k = masks`` a single one.
+
     Taught in ``00_welcome``.
     """
-    passes, left = 0, answer_length
-    while left > 0:
-        left -= min(tokens_per_step, left)
+    x = torch.as_tensor(x).clone()
+    passes = 0
+    while bool((x == mask_id).any()):
+        probs = predict(x.clone())                                  # (L, V)
         passes += 1
-    return passes
+        conf, best = probs.max(dim=-1)                              # (L,), (L,)
+        masked = [i for i in range(len(x)) if int(x[i]) == mask_id]
+        masked.sort(key=lambda i: -float(conf[i]))                  # stable: lower first
+        for i in masked[:k]:
+            x[i] = best[i]
+    return x.tolist(), passes
 
 
-@exercise("forward_passes", "00_welcome", forward_passes_reference)
-def _check_forward_passes(candidate, reference):
-    cases = [(n, k) for n in (1, 2, 7, 16, 31, 64, 256) for k in (1, 2, 3, 4, 8, 64, 300)]
-    for n, k in cases:
-        expected = reference(n, k)
-        got = candidate(n, k)
+@exercise("demask", "00_welcome", demask_reference)
+def _check_demask(candidate, reference):
+    g = torch.Generator().manual_seed(7)
+    mask_id = 0
+    for trial in range(30):
+        L, V = int(torch.randint(1, 14, (1,), generator=g)), 7
+        model = _ToyModel(g, L, V, mask_id)
+        x = torch.randint(1, V, (L,), generator=g)
+        x[torch.randperm(L, generator=g)[:int(torch.randint(1, L + 1, (1,), generator=g))]] \
+            = mask_id
+        k = [1, 2, 3, 5, 100][trial % 5]
+        expected = reference(model, x.clone(), mask_id, k)
+        model.calls = 0
+        got = candidate(model, x.clone(), mask_id, k)
+        try:
+            got = (_as_list(got[0]), int(got[1]))
+        except (TypeError, ValueError, IndexError) as err:
+            raise AssertionError(f"demask: return (final tokens, passes), got {got!r}") from err
+        inputs = f"x={x.tolist()} (mask_id=0), k={k}, toy model #{trial}"
         if got != expected:
-            raise _fail("forward_passes", f"answer_length={n}, tokens_per_step={k}", got,
-                        expected)
+            raise _fail("demask", inputs, got, expected)
+        if model.calls != expected[1]:
+            raise AssertionError(f"demask: {inputs}: predict was called {model.calls} "
+                                 f"times but you report {got[1]} passes")
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,25 +240,56 @@ def _check_masked_cross_entropy(candidate, reference):
 # ---------------------------------------------------------------------------------------
 
 
-def mask_probability_reference(t, eps: float = 1e-3):
-    """LLaDA's forward process: a token is masked with probability ``(1 - eps) t + eps``,
-    so ``t ~ U(0, 1)`` gives mask rates in ``[eps, 1]``, never exactly 0.
+def masked_elbo_reference(log_probs, x0, maskable, t, u, mask_id: int):
+    """The Monte-Carlo estimate of masked diffusion's negative ELBO for one sequence, an
+    upper bound on its negative log-likelihood ``-log p(x0)`` (nats).
+
+    .. math:: -\\log p_\\theta(x_0) \\le \\mathbb{E}_{t \\sim U(0,1)}\\Big[\\frac{1}{t}
+              \\sum_{i:\\,x_t^i = M} -\\log p_\\theta(x_0^i \\mid x_t)\\Big]
+
+    (LLaDA Eq. 3-4; MDLM Eq. 10 with the linear schedule). One sample per entry of ``t``
+    (K,): position ``i`` is masked in sample ``k`` when it is ``maskable`` and
+    ``u[k, i] < t[k]`` (``u`` (K, L) uniform draws), giving ``x_t``; ``log_probs(x_t)``
+    returns the model's log-probabilities (L, V). Returns the mean over the K samples of
+    ``(1 / t_k) * sum over masked i of -log_probs(x_t)[i, x0_i]``, a float.
 
     Taught in ``02_llada_training``.
     """
-    return (1 - eps) * t + eps
+    total = 0.0
+    for k in range(len(t)):
+        xt = torch.as_tensor(x0).clone()
+        masked = [i for i in range(len(xt)) if bool(maskable[i]) and float(u[k, i]) < float(t[k])]
+        for i in masked:
+            xt[i] = mask_id
+        lp = log_probs(xt)                                            # (L, V)
+        total += sum(-float(lp[i, int(x0[i])]) for i in masked) / float(t[k])
+    return total / len(t)
 
 
-@exercise("mask_probability", "02_llada_training", mask_probability_reference)
-def _check_mask_probability(candidate, reference):
+@exercise("masked_elbo", "02_llada_training", masked_elbo_reference)
+def _check_masked_elbo(candidate, reference):
     g = torch.Generator().manual_seed(2)
-    for eps in (1e-3, 0.01, 0.1, 0.25):
-        t = torch.cat([torch.tensor([0.0, 1.0, 0.5]), torch.rand(20, generator=g)])
-        expected = reference(t, eps)
-        got = candidate(t.clone(), eps)
-        if not _close(got, expected):
-            raise _fail("mask_probability", f"t={t.tolist()}, eps={eps}",
-                        torch.as_tensor(got).tolist(), expected.tolist())
+    mask_id = 0
+    for trial in range(12):
+        L, V, K = int(torch.randint(2, 12, (1,), generator=g)), 7, [1, 3, 8][trial % 3]
+        model = _ToyModel(g, L, V, mask_id)
+
+        def log_probs(xt, model=model):
+            return model(xt).clamp_min(1e-12).log()                  # (L, V)
+
+        x0 = torch.randint(1, V, (L,), generator=g)
+        maskable = torch.rand(L, generator=g) < 0.8
+        maskable[0] = True
+        t = 0.05 + 0.95 * torch.rand(K, generator=g)
+        u = torch.rand(K, L, generator=g)
+        expected = reference(log_probs, x0.clone(), maskable.clone(), t.clone(), u.clone(),
+                             mask_id)
+        got = candidate(log_probs, x0.clone(), maskable.clone(), t.clone(), u.clone(),
+                        mask_id)
+        if not _close(float(got), expected, atol=1e-4):
+            raise _fail("masked_elbo", f"x0={x0.tolist()}, maskable={maskable.int().tolist()}, "
+                        f"t={t.round(decimals=3).tolist()}, u={u.round(decimals=3).tolist()} "
+                        f"(mask_id=0), toy model #{trial}", float(got), expected)
 
 
 def llada_loss_from_ce_reference(ce, masked, p_mask, maskable):

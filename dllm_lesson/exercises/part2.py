@@ -94,25 +94,6 @@ def block_bounds_reference(answer_length: int, block_length: int | None
     return bounds
 
 
-@exercise("block_bounds", "04_block_generation_and_kv_cache", block_bounds_reference)
-def _check_block_bounds(candidate, reference):
-    rng = random.Random(1)
-    cases = [(32, 8), (32, None), (30, 8), (5, 8), (1, 1), (48, 16), (50, 16)]
-    cases += [(rng.randint(1, 300), rng.choice([None, rng.randint(1, 64)]))
-              for _ in range(200)]
-    for answer_length, block_length in cases:
-        expected = reference(answer_length, block_length)
-        got = candidate(answer_length, block_length)
-        try:
-            got = [(int(s), int(e)) for s, e in got]
-        except (TypeError, ValueError) as err:
-            raise AssertionError("block_bounds: return a list of (start, end) pairs, got "
-                                 f"{got!r}") from err
-        if got != expected:
-            raise _fail("block_bounds", f"answer_length={answer_length}, "
-                        f"block_length={block_length}", got, expected)
-
-
 def cache_window_reference(kind: str, seq_len: int, answer_start: int, block_start: int,
                            block_end: int) -> tuple[int, int]:
     """Sequence positions ``[lo, hi)`` that a cached step recomputes while decoding the
@@ -132,30 +113,172 @@ def cache_window_reference(kind: str, seq_len: int, answer_start: int, block_sta
     return lo, hi
 
 
-@exercise("cache_window", "04_block_generation_and_kv_cache", cache_window_reference)
-def _check_cache_window(candidate, reference):
-    rng = random.Random(2)
-    cases = [("dual", 60, 13, 0, 16), ("prefix", 60, 13, 0, 16), ("dual", 60, 13, 32, 46),
-             ("prefix", 60, 13, 32, 46)]
-    for _ in range(200):
-        answer_start = rng.randint(1, 40)
-        answer_length = rng.randint(1, 100)
-        bounds = block_bounds_reference(answer_length, rng.randint(1, answer_length))
-        bs, be = rng.choice(bounds)
-        seq_len = answer_start + answer_length + rng.randint(1, 3)   # [SEP] after
-        cases.append((rng.choice(["prefix", "dual"]), seq_len, answer_start, bs, be))
-    for case in cases:
-        expected = reference(*case)
-        got = candidate(*case)
+def split_steps_reference(steps: int, blocks) -> list[int]:
+    """``steps`` split evenly over the blocks, earlier blocks taking the remainder, and
+    never more steps than a block has tokens (LLaDA: ``steps // num_blocks`` each).
+
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    base, rem = divmod(steps, len(blocks))
+    return [min(base + (1 if b < rem else 0), be - bs) for b, (bs, be) in enumerate(blocks)]
+
+
+def _most_confident(probs, x, positions, n, mask_id) -> list[int]:
+    """The ``n`` masked ``positions`` of ``x`` whose prediction is the most probable
+    (ties: the lower position), sorted."""
+    conf = probs.max(dim=-1).values                                   # (L,)
+    cands = [p for p in positions if int(x[p]) == mask_id]
+    cands.sort(key=lambda p: -float(conf[p]))                         # stable sort
+    return sorted(cands[:n])
+
+
+def block_decode_reference(predict, x, answer_start: int, answer_length: int,
+                           mask_id: int, steps: int, block_length: int | None
+                           ) -> tuple[list[int], list[list[int]]]:
+    """LLaDA's semi-autoregressive sampler on one row, low-confidence remasking.
+
+    The answer (``answer_length`` masks from ``answer_start`` in ``x`` (L,)) is cut into
+    blocks (:func:`block_bounds_reference`), the ``steps`` are split over them
+    (:func:`split_steps_reference`), and each block is finished before the next starts:
+    inside it, step after step, call ``predict(x)`` (probabilities (L, V)) and commit
+    the most confident masked positions *of the block*, as many as
+    :func:`num_transfer_tokens_reference` says for that step. Returns ``(final tokens,
+    answer positions committed at each step)``.
+
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    x = torch.as_tensor(x).clone()
+    blocks = block_bounds_reference(answer_length, block_length)
+    committed = []
+    for (bs, be), n_steps in zip(blocks, split_steps_reference(steps, blocks)):
+        positions = range(answer_start + bs, answer_start + be)
+        masks = sum(int(x[p]) == mask_id for p in positions)
+        for n in num_transfer_tokens_reference(masks, n_steps):
+            probs = predict(x.clone())                                # (L, V)
+            chosen = _most_confident(probs, x, positions, n, mask_id)
+            x[chosen] = probs.argmax(dim=-1)[chosen]
+            committed.append([p - answer_start for p in chosen])
+    return x.tolist(), committed
+
+
+def _toy_row(g, mask_id):
+    """A prompt of 1-5 tokens, then an answer area of masks; (x, answer_start, A)."""
+    prompt = int(torch.randint(1, 6, (1,), generator=g))
+    A = int(torch.randint(1, 17, (1,), generator=g))
+    x = torch.cat([torch.randint(1, 7, (prompt,), generator=g),
+                   torch.full((A,), mask_id)])
+    return x, prompt, A
+
+
+@exercise("block_decode", "04_block_generation_and_kv_cache", block_decode_reference)
+def _check_block_decode(candidate, reference):
+    from .part1 import _ToyModel
+
+    g = torch.Generator().manual_seed(8)
+    mask_id = 0
+    for trial in range(40):
+        x, a0, A = _toy_row(g, mask_id)
+        model = _ToyModel(g, len(x), 7, mask_id)
+        block_length = [None, 1, 2, 3, 4, 8][trial % 6]
+        n_blocks = len(block_bounds_reference(A, block_length))
+        steps = int(torch.randint(n_blocks, A + 1, (1,), generator=g))
+        expected = reference(model, x.clone(), a0, A, mask_id, steps, block_length)
+        model.calls = 0
+        got = candidate(model, x.clone(), a0, A, mask_id, steps, block_length)
         try:
-            got = (int(got[0]), int(got[1]))
-        except (TypeError, ValueError, IndexError) as err:
-            raise AssertionError(f"cache_window: return (lo, hi), got {got!r}") from err
+            got = (_as_int_list(got[0], "block_decode"),
+                   [sorted(_as_int_list(c, "block_decode")) for c in got[1]])
+        except (TypeError, IndexError) as err:
+            raise AssertionError("block_decode: return (final tokens, committed per step), "
+                                 f"got {got!r}") from err
+        inputs = (f"x={x.tolist()} (mask_id=0), answer_start={a0}, answer_length={A}, "
+                  f"steps={steps}, block_length={block_length}, toy model #{trial}")
         if got != expected:
-            kind, seq_len, a0, bs, be = case
-            raise _fail("cache_window", f"kind={kind!r}, seq_len={seq_len}, "
-                        f"answer_start={a0}, block_start={bs}, block_end={be}",
-                        got, expected)
+            raise _fail("block_decode", inputs, got, expected)
+        if model.calls != len(expected[1]):
+            raise AssertionError(f"block_decode: {inputs}: {model.calls} calls of predict "
+                                 f"for {len(expected[1])} steps; call it once per step")
+
+
+class _RecordingCachedModel:
+    """A stand-in for the lesson's ModernBERT with a KV cache: logits come from a fixed
+    random table, a full pass reads each token's left neighbour, a window pass the token
+    itself (so stale and fresh results differ), and every call is recorded."""
+
+    def __init__(self, g: torch.Generator, V: int):
+        self.table = torch.randn(V, V, generator=g) * 3              # (V, V)
+        self.calls: list[tuple] = []
+
+    def __call__(self, input_ids):
+        self.calls.append(("full", 0, input_ids.shape[1]))
+        return type("Out", (), {"logits": self.table[input_ids.roll(1, dims=1)]})()
+
+    def build_cache(self, input_ids):
+        self.calls.append(("build_cache", 0, input_ids.shape[1]))
+        return self.table[input_ids.roll(1, dims=1)], ("cache", input_ids.clone())
+
+    def forward_window(self, window_ids, start, cache):
+        if not (isinstance(cache, tuple) and cache[:1] == ("cache",)):
+            raise AssertionError("forward_window needs the cache that build_cache returned")
+        self.calls.append(("window", start, start + window_ids.shape[1]))
+        return self.table[window_ids]                                # (1, W, V)
+
+
+def dual_cache_block_reference(model, x, lo: int, hi: int, counts: list[int],
+                               mask_id: int):
+    """Decode one block with Fast-dLLM's dual cache.
+
+    ``x`` (1, T) the sequence, the block at sequence positions ``[lo, hi)``, ``counts``
+    the tokens to commit at each of the block's steps. Step 1: ``model.build_cache(x)``
+    returns ``(logits (1, T, V), cache)``: one full pass that also stores every layer's
+    K, V. Later steps: ``model.forward_window(x[:, lo:hi], lo, cache)`` recomputes only
+    the block (logits (1, hi - lo, V)); everything else is read from the cache. Each step
+    commits, among the block's masked positions, the ``counts[k]`` most confident
+    (softmax, ``mask_id`` never predicted: its probability set to 0; ties: the lower
+    position). Returns the new ``x``.
+
+    Taught in ``04_block_generation_and_kv_cache``.
+    """
+    x = x.clone()
+    logits, cache = model.build_cache(x)                             # (1, T, V)
+    window = logits[0, lo:hi]                                        # (hi - lo, V)
+    for k, n in enumerate(counts):
+        if k > 0:
+            window = model.forward_window(x[:, lo:hi], lo, cache)[0]  # (hi - lo, V)
+        probs = torch.softmax(window.float(), dim=-1)
+        probs[:, mask_id] = 0.0
+        chosen = _most_confident(probs, x[0, lo:hi], range(hi - lo), n, mask_id)
+        for i in chosen:
+            x[0, lo + i] = int(probs[i].argmax())
+    return x
+
+
+@exercise("dual_cache_block", "04_block_generation_and_kv_cache", dual_cache_block_reference)
+def _check_dual_cache_block(candidate, reference):
+    g = torch.Generator().manual_seed(9)
+    mask_id = 0
+    for trial in range(30):
+        V = 9
+        T = int(torch.randint(6, 24, (1,), generator=g))
+        lo = int(torch.randint(1, T - 2, (1,), generator=g))
+        hi = int(torch.randint(lo + 1, T, (1,), generator=g))
+        x = torch.randint(1, V, (1, T), generator=g)
+        x[0, lo:] = mask_id                                           # block and after
+        x[0, -1] = 1                                                  # a final [SEP]
+        n_steps = int(torch.randint(1, hi - lo + 1, (1,), generator=g))
+        counts = num_transfer_tokens_reference(hi - lo, n_steps)
+        model = _RecordingCachedModel(g, V)
+        expected = reference(model, x.clone(), lo, hi, counts, mask_id)
+        want_calls = model.calls
+        model.calls = []
+        got = torch.as_tensor(candidate(model, x.clone(), lo, hi, counts, mask_id))
+        inputs = f"x={x.tolist()} (mask_id=0), block [{lo}, {hi}), counts={counts}"
+        if model.calls != want_calls:
+            raise AssertionError(f"dual_cache_block: {inputs}:\n  your model calls: "
+                                 f"{model.calls}\n  expected:         {want_calls}\n  (one "
+                                 "build_cache, then forward_window on the block alone)")
+        if got.shape != expected.shape or not torch.equal(got.long(), expected):
+            raise _fail("dual_cache_block", inputs, got.tolist(), expected.tolist())
 
 
 # ---------------------------------------------------------------------------------------
