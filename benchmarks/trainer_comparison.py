@@ -3,8 +3,9 @@
 
 Both sides train the same model (the shipped tiny-bert) on the same batches (the
 training core's ``Batches``: the tiny preset's chat/text mix, in the same order), with
-the same loss (``training.step_loss``, LLaDA objective, the same per-step noise seeds),
-the same AdamW, learning-rate schedule and gradient clipping. Only the loop differs:
+the same loss (``training.step_loss``, LLaDA objective, logits at the masked positions
+only, the same per-step noise seeds), the same AdamW (``training.make_optimizer``),
+learning-rate schedule and gradient clipping. Only the loop differs:
 ``dllm_lesson.training.train`` (accelerate) against ``transformers.Trainer``. Batches are
 built inside both timed loops. Runs alternate (ours, Trainer, ours, Trainer, ...) so that
 a busy machine slows both alike; the table reports the median of each.
@@ -22,10 +23,15 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+# the code of this checkout, not another installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def tiny_config(steps: int, out: str):
@@ -49,7 +55,15 @@ def run_trainer(steps: int) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from dllm_lesson.training import Batches, init_model, load_rows, lr_lambda, step_loss, step_plan
+    from dllm_lesson.training import (
+        Batches,
+        init_model,
+        load_rows,
+        lr_lambda,
+        make_optimizer,
+        step_loss,
+        step_plan,
+    )
 
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out:
@@ -86,11 +100,7 @@ def run_trainer(steps: int) -> dict:
             def on_step_end(self, args, state, control, **kw):
                 self.t1 = time.perf_counter()
 
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        opt = make_optimizer(cfg, model, "cpu")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         tokens, losses = [], []
 

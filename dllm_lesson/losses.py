@@ -12,10 +12,12 @@ from .noise import IGNORE_INDEX
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BERT's loss: cross-entropy on the picked positions only (``labels != -100``).
 
-    "Only the masked tokens contribute to the loss" (the seed).
+    "Only the masked tokens contribute to the loss" (the seed). ``logits`` (B, L, V) with
+    ``labels`` (B, L), or the logits at the picked positions only, (N, V) with their labels
+    (N,) (the training core computes no others: see :func:`training.logits_at`).
     Taught in ``01_bert_masking``.
     """
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX)
 
 
@@ -31,14 +33,20 @@ def llada_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor,
     SFT) and ``p_b`` its mask probability. Dividing by ``p_b`` (the "1/t" weight) makes the
     loss an upper bound on the negative log-likelihood; ``inverse_t=False`` drops it
     (plain masked cross-entropy per token).
+
+    ``logits`` is (B, L, V), or (N, V): the logits at the masked positions only, in the
+    order of ``masked.nonzero()`` (row by row), which is all the loss reads; the training
+    core computes no others (:func:`training.logits_at`).
     Taught in ``02_llada_training``.
     """
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), x0, reduction="none")  # (B, L)
-    w = masked.float()
+    if logits.dim() == 3:
+        logits = logits[masked]                                     # (N, V)
+    ce = F.cross_entropy(logits.float(), x0[masked], reduction="none")  # (N,)
+    n = maskable.sum(1, keepdim=True).clamp(min=1)                  # (B, 1)
+    w = 1.0 / (n * x0.shape[0])                                     # (B, 1): mean over rows
     if inverse_t:
-        w = w / p_mask                                              # (B, L) / (B, 1)
-    n = maskable.sum(1).clamp(min=1)                                # (B,)
-    return ((ce * w).sum(1) / n).mean()
+        w = w / p_mask                                              # (B, 1)
+    return (ce * w.expand_as(masked)[masked]).sum()
 
 
 def ar_loss(logits: torch.Tensor, x0: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ CAUSAL_OBJECTIVES = ("ar",)
 DATA_KINDS = ("text", "chat")
 # config fields that may change between a run and its resumption
 RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_checkpoints",
-                    "progress", "mixed_precision"}
+                    "progress", "mixed_precision", "compile"}
 
 
 @dataclass
@@ -89,6 +89,8 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 1
     mixed_precision: str = "auto"     # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False             # torch.compile the model (worth it on GPUs; on a CPU
+    #                                   the compilation takes longer than a short run)
     progress: bool = True
 
     def __post_init__(self):
@@ -263,7 +265,18 @@ def load_rows(cfg: TrainConfig, tokenizer, kind: str):
 
     split = cfg.dataset_split or (("pretrain" if kind == "text" else "sft")
                                   if cfg.dataset == "offline" else "train")
-    ds = load_chat_dataset(cfg.dataset, split=split, seed=0, version=cfg.corpus_version)
+    hub = cfg.dataset != "offline" and not Path(cfg.dataset).expanduser().exists()
+    try:
+        ds = load_chat_dataset(cfg.dataset, split=split, seed=0,
+                               version=cfg.corpus_version)
+    except ValueError as e:
+        if not hub:
+            raise
+        cause = e.__cause__ or e
+        raise SourceUnavailable(f"could not load the dataset {cfg.dataset!r} (split "
+                                f"{split!r}): it is not a local file or folder, and the hub "
+                                f"could not provide it ({type(cause).__name__}: "
+                                f"{str(cause).strip().splitlines()[0]})") from e
     if kind == "text":
         if "text" not in ds.column_names:
             raise ValueError(f"dataset {cfg.dataset!r} has no 'text' column for text training")
@@ -313,36 +326,104 @@ def init_model(cfg: TrainConfig):
 
         path = str(model_path(cfg.model)) if cfg.model in SHIPPED else cfg.model
         causal = cfg.objective in CAUSAL_OBJECTIVES
-        if is_causal(AutoConfig.from_pretrained(path)) != causal:
+        config = _load_source(AutoConfig.from_pretrained, path, "model")
+        if is_causal(config) != causal:
             raise ValueError(
                 f"objective {cfg.objective!r} trains a {'causal' if causal else 'masked'} LM "
                 f"but {cfg.model!r} is a {'masked' if causal else 'causal'} one; start from "
                 f"model='scratch' or from a {'causal' if causal else 'masked'} checkpoint")
-        model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(path)
-        tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
+        auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+        model = _load_source(auto.from_pretrained, path, "model")
+        tok = _load_source(AutoTokenizer.from_pretrained, cfg.tokenizer or path, "tokenizer")
     if cfg.chat_template == "course":
         tok.chat_template = CHAT_TEMPLATE
     tok = ensure_chat_template(tok)
     return model, tok
 
 
+class SourceUnavailable(OSError):
+    """A model, tokenizer or dataset that a run names could not be loaded: not a local
+    folder, and the hub could not give it (no internet, not in the cache, no such id)."""
+
+
+def _load_source(load, source: str, what: str):
+    """``load(source)``; the hub's or transformers' OSError becomes one clear
+    :class:`SourceUnavailable` naming the source."""
+    from .loading import _hub_errors, _looks_like_path
+
+    try:
+        return load(source)
+    except _hub_errors() as e:
+        if Path(source).expanduser().exists():
+            raise                           # a local folder with a problem of its own
+        where = ("there is no such folder" if _looks_like_path(source) else
+                 "it is not a local folder, and the hub could not provide it (no internet, "
+                 "not in the local cache, or no such repository)")
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceUnavailable(f"could not load the {what} {source!r}: {where}. "
+                                f"({type(e).__name__}: {cause})") from e
+
+
 # -- one step's loss ---------------------------------------------------------------------
+def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              where: torch.Tensor) -> torch.Tensor:
+    """The logits (N, V) at the positions where ``where`` (B, L) is True, row by row (the
+    order of ``where.nonzero()``): the only ones a masked loss reads.
+
+    The vocabulary projection (hidden -> V logits, then the softmax of the loss) is the
+    largest cost of a small model, and a masked loss reads a fraction of the positions, so
+    the encoder runs on every token and the prediction head on those positions only. For
+    transformers' ``ModernBertForMaskedLM`` that is its own ``sparse_prediction`` switch
+    (the head runs where ``labels != -100``), turned on for this one call: the model's
+    config, its saved checkpoints and every other call (decoding needs all the logits)
+    keep the full head. Its built-in loss is skipped for the call (ours is weighted).
+    Other models compute every logit and the positions are picked after. ``model`` may be
+    wrapped (DDP, ``torch.compile``): the call goes through the wrapper.
+
+    Taught in ``02_llada_training``.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    if not hasattr(inner, "sparse_prediction"):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[where]
+    labels = torch.where(where, input_ids, torch.full_like(input_ids, -100))
+    saved = (inner.sparse_prediction, inner.sparse_pred_ignore_index,
+             inner.__dict__.get("_loss_function"))
+    inner.sparse_prediction, inner.sparse_pred_ignore_index = True, -100
+    inner.loss_function = _no_loss
+    try:
+        return model(input_ids=input_ids, attention_mask=attention_mask,
+                     labels=labels).logits                             # (N, V)
+    finally:
+        inner.sparse_prediction, inner.sparse_pred_ignore_index = saved[:2]
+        if saved[2] is None:
+            del inner._loss_function                  # back to the class's own
+        else:
+            inner._loss_function = saved[2]
+
+
+def _no_loss(*args, **kwargs):
+    return None
+
+
 def step_loss(cfg: TrainConfig, model, batch: dict, step: int, tokenizer, duo_objective,
               generator: torch.Generator, kind: str):
-    """The loss of one micro batch under the run's objective."""
+    """The loss of one micro batch under the run's objective. The masked objectives compute
+    logits at the positions their loss reads only (:func:`logits_at`)."""
     x0, am, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
     if cfg.objective == "mlm":
         specials = torch.tensor(tokenizer.all_special_ids, device=x0.device)
         xt, labels = noise.bert_mask(x0, lm, tokenizer.mask_token_id, len(tokenizer),
                                      cfg.mask_prob, generator=generator,
                                      random_ids=_non_special(len(tokenizer), specials))
-        logits = model(input_ids=xt, attention_mask=am).logits
-        return losses.mlm_loss(logits, labels)
+        picked = labels != noise.IGNORE_INDEX
+        return losses.mlm_loss(logits_at(model, xt, am, picked), labels[picked])
     if cfg.objective == "llada":
         xt, masked, p_mask = noise.llada_mask(x0, lm, tokenizer.mask_token_id, cfg.eps,
                                               generator=generator)
-        logits = model(input_ids=xt, attention_mask=am).logits
-        return losses.llada_loss(logits, x0, masked, p_mask, lm, inverse_t=cfg.inverse_t)
+        return losses.llada_loss(logits_at(model, xt, am, masked), x0, masked, p_mask, lm,
+                                 inverse_t=cfg.inverse_t)
     if cfg.objective == "ar":
         logits = model(input_ids=x0, attention_mask=am).logits
         return losses.ar_loss(logits, x0, lm)
@@ -405,9 +486,8 @@ def save_checkpoint(acc, cfg, step: int, data_state: dict):
 
 
 def check_resumable(cfg: TrainConfig, saved: dict):
-    """Refuse to resume a checkpoint written under a different configuration (a field that
-    an older checkpoint does not record counts as its default)."""
-    defaults = TrainConfig().to_dict()
+    """Refuse to resume a checkpoint written under a different configuration."""
+    defaults = TrainConfig().to_dict()     # fields newer than the checkpoint: defaults
     diff = {k: (saved.get(k, defaults[k]), v) for k, v in cfg.to_dict().items()
             if k not in RESUMABLE_FIELDS and saved.get(k, defaults[k]) != v}
     if diff:
@@ -430,6 +510,18 @@ def lr_lambda(cfg: TrainConfig):
         cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
     return f
+
+
+def make_optimizer(cfg: TrainConfig, model, device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only. Its update runs as one fused kernel
+    on a GPU and as multi-tensor (``foreach``) operations elsewhere, instead of a Python
+    loop over the parameters: the same update, fewer kernel launches."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    speed = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **speed)
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
@@ -480,12 +572,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
             tau_start=cfg.tau_start, tau_end=cfg.tau_end, total_steps=cfg.max_steps,
             loss_kind=cfg.duo_loss, scale=cfg.duo_scale, allowed=allowed)
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = make_optimizer(cfg, model, acc.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if cfg.compile:
+        model.compile()     # in place: the module and its state-dict keys stay the same
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
@@ -656,6 +746,31 @@ def _parse_value(text: str, like):
     return type(like)(text)
 
 
+def _offline_advice(kind: str, preset: str, cfg: TrainConfig, err: Exception) -> str:
+    """The one message a root script prints when its model or data cannot be loaded."""
+    script = {"dllm": "./train_dllm.py", "flowlm": "./train_flowlm.py"}[kind]
+    from .loading import SHIPPED
+
+    def on_hub(source, local_names):
+        return source and source not in local_names and not Path(source).expanduser().exists()
+
+    needs = " and ".join(
+        f"the {what} {source!r}" for what, source, local in (
+            ("model", cfg.model, (*SHIPPED, "scratch")), ("tokenizer", cfg.tokenizer, ()),
+            ("dataset", cfg.dataset, ("offline",))) if on_hub(source, local))
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return (f"{script}: {err}\n"
+            f"This run (preset {preset!r}) needs {needs} from the Hugging Face hub "
+            f"(downloaded on the first run, then cached), so its first run needs internet"
+            f"{' (HF_HUB_OFFLINE=1 is set here: the hub was not asked)' if offline else ''}."
+            f"\nWithout internet:\n"
+            f"  {script} --preset tiny                 # CPU, the shipped tiny model and the "
+            f"offline corpus\n"
+            f"  {script} --model /path/to/ModernBERT-large --dataset /path/to/chat.jsonl\n"
+            f"      # local copies: a model folder (config + weights + tokenizer) and a JSONL "
+            f"file or folder of rows {{\"messages\": [...]}}")
+
+
 def script_main(kind: str, argv=None, doc: str = "") -> dict | None:
     """The command line shared by ``./train_dllm.py`` (kind ``dllm``) and
     ``./train_flowlm.py`` (kind ``flowlm``): presets, every config field as an option,
@@ -706,7 +821,10 @@ def script_main(kind: str, argv=None, doc: str = "") -> dict | None:
         cfg = TrainConfig.from_dict(base)
     except ValueError as e:
         p.error(str(e))
-    res = train(cfg)
+    try:
+        res = train(cfg)
+    except SourceUnavailable as e:
+        raise SystemExit(_offline_advice(kind, args.preset, cfg, e)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {res['steps']} steps, final loss {res['final_loss']:.4f}, "
               f"{res['tokens_per_s']:.0f} tokens/s; model saved to {cfg.output_dir}")
