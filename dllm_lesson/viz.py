@@ -482,12 +482,19 @@ class DemaskPlayer(widgets.VBox):
                                             for k in frames], width)
 
     def filmstrip_png(self, frames: Sequence[int] | None = None) -> bytes:
-        """``filmstrip()`` as PNG bytes, identical for identical frames."""
+        """``filmstrip()`` as PNG bytes (a 64-colour palette: a few kB), identical for
+        identical frames."""
         import io
+
+        from PIL import Image
 
         buf = io.BytesIO()
         self.filmstrip(frames).savefig(buf, format="png", metadata={"Software": None})
-        return buf.getvalue()
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        out = io.BytesIO()
+        image.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+                       ).save(out, format="PNG", optimize=True)
+        return out.getvalue()
 
     def to_html(self, filmstrip: bool = True) -> str:
         """A self-contained HTML + JavaScript animation of every frame (no kernel, no CDN).
@@ -507,8 +514,9 @@ class DemaskPlayer(widgets.VBox):
         data = super()._repr_mimebundle_(**kwargs)
         data["text/html"] = self.to_html()
         title = f" {self.title!r}" if self.title else ""
-        data["text/plain"] = (f"DemaskPlayer{title}: {len(self.steps)} steps, "
-                              f"final {self.final_text()!r}")
+        answer = getattr(self, "answer", None)   # set by animate_decoding
+        end = f"answer {answer!r}" if answer is not None else f"final {self.final_text()!r}"
+        data["text/plain"] = f"DemaskPlayer{title}: {len(self.steps)} steps, {end}"
         return data
 
 
@@ -668,10 +676,9 @@ def _draw_filmstrip(title: str, rows: list, width: float = 7.0) -> Figure:
             bg, fg, border = STATUS_COLOURS[st]
             ax.text(x, y + (line + 0.5) * line_h, shown, fontsize=font, family="monospace",
                     va="center", ha="left", color=fg,
-                    fontweight="bold" if st == "new" else "normal",
-                    fontstyle="italic" if st == "noise" else "normal",
+                    fontweight="bold" if st == "new" else "normal",   # no italic: the
                     bbox=dict(boxstyle="square,pad=0.15", fc=bg, ec=border or bg, lw=0.6))
-        y += lines * line_h + 5.0
+        y += lines * line_h + 5.0      # oblique mono font lacks the ⌃ and � glyphs
     x = 4.0
     used = [st for st in STATUSES if any(st in status for _, _, status in rows)]
     for st in used:

@@ -574,3 +574,48 @@ def test_course_notebook_player(lab_page, notebook):
     print(f"{notebook}: {result.seconds:.1f} s {result.phases}, {result.n_steps} steps, "
           f"final {result.final_text!r}")
     check_demasked(result, start="noise" if "duo" in notebook else "mask")
+
+
+# ---------------------------------------------------------------------------------------
+# a stored notebook opened without running it: no kernel output, no widget model
+# ---------------------------------------------------------------------------------------
+
+
+def write_stored_player_notebook(path: Path) -> Path:
+    """A notebook whose player output was stored by a kernel (its display bundle) and
+    whose widget state was not saved: what a reader who opens it before running sees."""
+    import nbformat
+
+    ns: dict = {}
+    exec(_SYNTHETIC.format(duo=False, breakage=""), ns)
+    bundle = ns["player"]._repr_mimebundle_()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.cells = [nbformat.v4.new_markdown_cell("# stored player"),
+                nbformat.v4.new_code_cell("player", outputs=[nbformat.v4.new_output(
+                    "execute_result", data=bundle, execution_count=1)])]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_stored_player_shows_its_answer_before_the_cell_runs(lab_page, synthetic_root):
+    nb = write_stored_player_notebook(synthetic_root / "stored_player.ipynb")
+    page, lab = lab_page(synthetic_root, nb)
+    rel = nb.relative_to(lab.root_dir).as_posix()
+    panel_id = page.evaluate(_JS_OPEN, rel)
+    try:
+        output = page.locator(f'[id="{panel_id}"] .jp-OutputArea-output').first
+        answer = output.locator(".dllm-answer")
+        answer.wait_for(timeout=30_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        output.screenshot(path=ARTIFACTS / "stored_player_no_kernel.png")
+        # JupyterLab shows an untrusted output's HTML sanitized (no script, no <style>,
+        # no data-* attributes): not "DemaskPlayer(...)" and not all masks, but the stored
+        # answer frame, with the filmstrip of key frames below it
+        assert answer.text_content() == "The capital of France is Paris.[SEP]"
+        assert "DemaskPlayer(" not in output.text_content()
+        assert not output.locator(".dllm-controls").is_visible()  # they need the script
+        img = output.locator("img.dllm-filmstrip")
+        assert img.evaluate("i => i.complete && i.naturalWidth > 0 && i.offsetHeight > 0")
+    finally:
+        page.evaluate(_JS_SHUTDOWN, panel_id)

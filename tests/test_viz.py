@@ -627,6 +627,9 @@ def test_mime_bundle_has_widget_and_kernel_free_html():
     assert bundle["text/html"] == player.to_html()
     assert bundle["text/plain"] == (
         "DemaskPlayer 'greedy': 8 steps, final 'The capital of France is Paris\\n[SEP]'")
+    player.answer = "The capital of France is Paris"      # what animate_decoding sets
+    assert player._repr_mimebundle_()["text/plain"].endswith(
+        "8 steps, answer 'The capital of France is Paris'")
 
 
 def test_filmstrip_draws_key_frames_in_the_player_colours():
@@ -646,6 +649,7 @@ def test_filmstrip_draws_key_frames_in_the_player_colours():
     assert matplotlib.colors.to_hex(faces["new this step"]) == viz.STATUS_COLOURS["new"][0]
     png = player.filmstrip_png()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == player.filmstrip_png()
+    assert len(png) < 20_000      # a palette image: small enough to store in the notebook
     with pytest.raises(ValueError, match="step k"):
         player.filmstrip([0, 9])
 
