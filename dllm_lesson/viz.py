@@ -535,9 +535,21 @@ _JS_PLAYER = """(function () {
   var still = root.querySelector('.dllm-filmstrip');
   if (still) { still.style.display = 'none'; }
   root.querySelector('.dllm-controls').style.display = '';
+  function chip(c) {
+    var span = document.createElement('span');
+    span.className = 'dllm-tok dllm-' + data.statuses[c[1]] + (c[2] & 1 ? ' dllm-special' : '');
+    span.setAttribute('style', data.styles[c[1]]);
+    span.textContent = c[0];
+    return span;
+  }
   function show(k) {
     k = Math.max(0, Math.min(n, k));
-    answer.innerHTML = data.frames[k].map(function (i) { return data.chips[i]; }).join('');
+    answer.textContent = '';
+    data.frames[k].forEach(function (i) {
+      var c = data.chips[i];
+      answer.appendChild(chip(c));
+      if (c[2] & 2) { answer.appendChild(document.createElement('br')); }
+    });
     answer.dataset.step = String(k);
     slider.value = String(k);
     caption.textContent = data.captions[k];
@@ -586,21 +598,27 @@ def _animation_html(player: DemaskPlayer, filmstrip: bool = True) -> str:
     import json
 
     n = len(player.steps)
-    chips: list[str] = []
-    index: dict[str, int] = {}
-    frames = []
+    # each distinct chip once: [shown text, status index, flags (1 special, 2 line break)]
+    chips: list[list] = []
+    index: dict[tuple, int] = {}
+    frames, static = [], []
     for k in range(n + 1):
         pieces, status = player._frame_chips(k)
         row = []
         for text, st in zip(pieces, status):
-            chip = _chip_html(text, st, inline=True)
-            row.append(index.setdefault(chip, len(index)))
-            if row[-1] == len(chips):
-                chips.append(chip)
+            flags = (1 if text in _SPECIAL_TEXTS else 0) | (2 if "\n" in text else 0)
+            key = (_chip_text(text), STATUSES.index(st), flags)
+            if key not in index:
+                index[key] = len(chips)
+                chips.append(list(key))
+            row.append(index[key])
+            if k == player.start:
+                static.append(_chip_html(text, st, inline=True))
         frames.append(row)
     captions = [player._caption_plain(k) for k in range(n + 1)]
     interval = max(1, int(player.play.interval))
-    data = {"chips": chips, "frames": frames, "captions": captions, "interval": interval}
+    data = {"statuses": list(STATUSES), "styles": [_status_style(st) for st in STATUSES],
+            "chips": chips, "frames": frames, "captions": captions, "interval": interval}
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     payload = payload.replace("</", "<\\/")
     digest = hashlib.sha1(
@@ -611,7 +629,7 @@ def _animation_html(player: DemaskPlayer, filmstrip: bool = True) -> str:
     final = _display_text(player._frame_chips(n)[0])
     answer = (f'<div class="dllm-answer" data-step="{k0}" data-n="{n}" '
               f'data-final="{html.escape(final, quote=True)}">'
-              + "".join(chips[i] for i in frames[k0]) + "</div>")
+              + "".join(static) + "</div>")
     title = (f'<div class="dllm-title">{html.escape(player.title)}</div>'
              if player.title else "")
     controls = (
@@ -623,7 +641,7 @@ def _animation_html(player: DemaskPlayer, filmstrip: bool = True) -> str:
         'aria-label="step">'
         f'<span class="dllm-caption">{html.escape(captions[k0])}</span></div>'
     )
-    used = [st for st in STATUSES if any(f"dllm-{st}" in c for c in chips)]
+    used = [st for i, st in enumerate(STATUSES) if any(c[1] == i for c in chips)]
     legend = ('<div class="dllm-legend">' + " ".join(
         f'<span class="dllm-tok dllm-{st}" style="{_status_style(st)}">'
         f"{html.escape(STATUS_LABELS[st])}</span>" for st in used) + "</div>")

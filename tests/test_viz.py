@@ -580,15 +580,22 @@ def test_animation_html_holds_every_frame_and_plays_without_a_kernel():
     assert len(data["frames"]) == 9 and len(data["captions"]) == 9
     assert data["interval"] == 250
     for k, frame in enumerate(data["frames"]):   # each frame = the widget's frame k
-        joined = Chips("".join(data["chips"][i] for i in frame))
+        chips = [data["chips"][i] for i in frame]
         widget = Chips(player.frame_html(k))
-        assert (joined.status, joined.text) == (widget.status, widget.text), k
+        assert [data["statuses"][c[1]] for c in chips] == widget.status, k
+        assert "".join(c[0] for c in chips) == widget.text, k
         assert data["captions"][k] in player.caption_text(k)
-    # the colours of new / re-masked / corrected chips are the widget's, inline
+    # the colours of new / re-masked / corrected chips are the widget's: inline in the
+    # static frame, in the data the script paints with, and in the CSS classes
     for status in ("new", "remasked", "corrected", "mask", "done"):
-        chip = next(c for c in data["chips"] if f"dllm-{status}" in c)
         bg = viz.STATUS_COLOURS[status][0]
-        assert f"background: {bg}" in chip and f".dllm-{status} {{background: {bg}" in markup
+        style = data["styles"][data["statuses"].index(status)]
+        assert f"background: {bg}" in style and f".dllm-{status} {{background: {bg}" in markup
+        assert any(data["statuses"][c[1]] == status for c in data["chips"])
+    assert f'class="dllm-tok dllm-new" style="{data["styles"][1]}"' in markup
+    # the flags: [SEP] is dimmed as special, the newline chip is followed by a line break
+    assert {c[2] for c in data["chips"] if c[0] == "[SEP]"} == {1}
+    assert {c[2] for c in data["chips"] if c[0] == "\u21b5"} == {2}
     # opens on the answer; the static markup shows it before any script runs
     assert Chips(markup).attrs == {"step": "8", "n": "8",
                                    "final": Chips(player.frame_html(8)).attrs["final"]}
@@ -615,8 +622,9 @@ def test_animation_escapes_script_closing_text():
     markup = player.to_html(filmstrip=False)
     parts = AnimationParts(markup)
     assert [s[:2] for s in parts.scripts] == [["application/json", "dllm-data"], [None, None]]
-    assert not any("</script><b>x" in c for c in parts.data()["chips"])
-    assert any("&lt;/script&gt;&lt;b&gt;x" in c for c in parts.data()["chips"])
+    assert "</script><b>x" not in markup and "<\\/script><b>x" in markup   # inside the JSON
+    assert {" </script><b>x"} == {c[0] for c in parts.data()["chips"] if "script" in c[0]}
+    assert "&lt;/script&gt;&lt;b&gt;x" in markup            # the static frame, escaped
     assert not parts.images
 
 
