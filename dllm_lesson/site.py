@@ -46,6 +46,10 @@ MathJax.Hub.Config({
                                        src: "local('MathJax_Blank')"}}},
   displayAlign: "center", messageStyle: "none", showMathMenu: false
 });
+// the first typeset is over: say so (tests/test_site.py waits for it)
+MathJax.Hub.Register.StartupHook("End", function () {
+  document.body.setAttribute("data-mathjax", "done");
+});
 </script>
 <script src="assets/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"></script>"""
 

@@ -258,10 +258,8 @@ _JS_PAGE = """() => ({
   animations: document.querySelectorAll('.dllm-anim').length,
 })"""
 
-# MathJax 2 is done when its queue is empty and no page-level typeset is pending
-_JS_MATH_DONE = """() => !window.MathJax || (MathJax.Hub && MathJax.Hub.queue
-  && MathJax.Hub.queue.pending === 0 && MathJax.Hub.queue.running === 0
-  && !document.querySelector('.MathJax_Processing, .MathJax_Preview:not(:empty)'))"""
+# the site's MathJax config marks the body when the first typeset has ended
+_JS_MATH_DONE = "() => document.body && document.body.dataset.mathjax === 'done'"
 
 
 def open_page(browser, url: str, name: str) -> tuple:
