@@ -3,7 +3,8 @@
 Everything here imports and runs without a front end (plain Python, pytest, Agg). In a
 notebook the de-masking player is an ipywidgets ``VBox``: a ``Play`` button, linked in the
 browser to a step slider, whose value change runs a *kernel* callback that re-renders the
-answer as HTML chips.
+answer as HTML chips. Its output also stores every frame as a self-contained HTML + JS
+animation and a PNG filmstrip, shown where no kernel runs (viewers, the course site).
 
 Plot functions return a ``matplotlib.figure.Figure`` that pyplot does not manage: leave it
 as the cell's last expression (or call ``display(fig)``) and it is shown exactly once.
