@@ -1,4 +1,4 @@
-"""``python -m dllm_lesson COMMAND``: generate | eval | bench | build-models."""
+"""``python -m dllm_lesson COMMAND``: generate | eval | bench | build-models | site."""
 
 import sys
 
@@ -8,14 +8,18 @@ COMMANDS = {
     "eval": ("dllm_lesson.evaluate", "main_eval", "held-out accuracy tables"),
     "bench": ("dllm_lesson.bench", "main_bench", "speed / accuracy of every strategy"),
     "build-models": ("dllm_lesson.build", "main_build", "rebuild the shipped tiny models"),
+    "site": ("dllm_lesson.site", "main_site", "build the course as an offline web site"),
 }
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m dllm_lesson {generate,eval,bench,build-models} [options]\n"
-              "e.g.   python -m dllm_lesson generate \"What is the capital of Kenya?\"\n")
+        print("usage: python -m dllm_lesson {generate,eval,bench,build-models,site} "
+              "[options]
+"
+              "e.g.   python -m dllm_lesson generate \"What is the capital of Kenya?\"
+")
         for name, (_, _, doc) in COMMANDS.items():
             print(f"  {name:<14}{doc}")
         if argv and argv[0] not in ("-h", "--help"):

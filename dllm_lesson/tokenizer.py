@@ -14,6 +14,7 @@ Taught in ``00_welcome``.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -35,6 +36,42 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
 )
+
+
+#: What stands for a control character: U+2303 (⌃) then its caret letter, so ``"\x1a"``
+#: shows as ``⌃Z`` and ``"\x00"`` as ``⌃@`` (DejaVu, matplotlib's font, has these glyphs,
+#: not the Control Pictures block)
+CONTROL_MARK = "\u2303"
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every invisible or control character replaced by a visible glyph.
+
+    Byte-level BPE pieces of random tokens (Duo's noise, an untrained model's guesses)
+    decode to control characters and to U+FFFD, the replacement character of bytes that
+    are not valid UTF-8 on their own. For display: ``"\n"`` and ``"\t"`` are kept (the
+    callers show line breaks their own way); a C0 control or DEL becomes ``⌃`` and its
+    caret letter (``"\x19"`` -> ``⌃Y``, ``"\x00"`` -> ``⌃@``, ``"\x7f"`` -> ``⌃?``); U+FFFD
+    stays the glyph ``�`` (a visible character, not an escape); any other unprintable
+    code point (C1 controls, format characters, surrogates, unassigned) becomes
+    ``<U+XXXX>``. Used by the de-masking players and the terminal renderer.
+
+    Taught in ``09_duo_sampling``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"visible_text takes a str, got {type(text).__name__}")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in "\n\t" or ch == "\ufffd":
+            out.append(ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(CONTROL_MARK + chr(code ^ 0x40))
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(f"<U+{code:04X}>")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE):

@@ -3,7 +3,8 @@
 Everything here imports and runs without a front end (plain Python, pytest, Agg). In a
 notebook the de-masking player is an ipywidgets ``VBox``: a ``Play`` button, linked in the
 browser to a step slider, whose value change runs a *kernel* callback that re-renders the
-answer as HTML chips.
+answer as HTML chips. Its output also stores every frame as a self-contained HTML + JS
+animation and a PNG filmstrip, shown where no kernel runs (viewers, the course site).
 
 Plot functions return a ``matplotlib.figure.Figure`` that pyplot does not manage: leave it
 as the cell's last expression (or call ``display(fig)``) and it is shown exactly once.
@@ -25,6 +26,8 @@ from typing import Iterable, Sequence
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
+
+from dllm_lesson.tokenizer import visible_text
 
 __all__ = [
     "setup",
@@ -140,27 +143,59 @@ def setup(seed: int = 0) -> None:
 # de-masking frames
 # ---------------------------------------------------------------------------------------
 
-_CSS = """<style>
-.dllm-answer {font-family: monospace; font-size: 13px; line-height: 2.0;
-  padding: 6px; border: 1px solid #ddd; border-radius: 4px; max-width: 100%;}
-.dllm-tok {white-space: pre; padding: 1px 2px; margin: 0 1px; border-radius: 3px;
-  border: 1px solid transparent;}
-.dllm-mask {background: #e0e0e0; color: #777;}
-.dllm-new {background: #c8f7c5; font-weight: bold;}
-.dllm-done {background: #f4f8ff;}
-.dllm-remasked {background: #e0e0e0; color: #b00; border-color: #d22;}
-.dllm-corrected {background: #ffd9a8; border-color: #f08000;}
-.dllm-noise {background: #eee6f5; color: #8a6fa8; font-style: italic;}
-.dllm-special {opacity: 0.45;}
-.dllm-title {font-weight: bold; margin-bottom: 2px;}
-</style>"""
+# The chips' colours, one place for the live widget, the kernel-free animation and the
+# filmstrip: (background, text colour, border colour or "")
+STATUS_COLOURS = {
+    "mask": ("#e0e0e0", "#777777", ""),
+    "new": ("#c8f7c5", "#000000", ""),
+    "done": ("#f4f8ff", "#000000", ""),
+    "remasked": ("#e0e0e0", "#bb0000", "#dd2222"),
+    "corrected": ("#ffd9a8", "#000000", "#f08000"),
+    "noise": ("#eee6f5", "#8a6fa8", ""),
+}
+_STATUS_EXTRA = {"new": "font-weight: bold;", "noise": "font-style: italic;"}
+STATUS_LABELS = {"mask": "masked", "new": "new this step", "done": "decided",
+                 "remasked": "re-masked", "corrected": "corrected", "noise": "random start"}
+
+
+def _status_style(status: str) -> str:
+    """The inline CSS of a chip of ``status`` (also the body of its CSS class)."""
+    bg, fg, border = STATUS_COLOURS[status]
+    style = f"background: {bg}; color: {fg};"
+    if border:
+        style += f" border-color: {border};"
+    extra = _STATUS_EXTRA.get(status, "")
+    return f"{style} {extra}" if extra else style
+
+
+_CSS = ("<style>\n"
+        ".dllm-answer {font-family: monospace; font-size: 13px; line-height: 2.0;\n"
+        "  padding: 6px; border: 1px solid #ddd; border-radius: 4px; max-width: 100%;}\n"
+        ".dllm-tok {white-space: pre; padding: 1px 2px; margin: 0 1px; border-radius: 3px;\n"
+        "  border: 1px solid transparent;}\n"
+        + "".join(f".dllm-{st} {{{_status_style(st)}}}\n" for st in STATUS_COLOURS)
+        + ".dllm-special {opacity: 0.45;}\n"
+        ".dllm-title {font-weight: bold; margin-bottom: 2px;}\n"
+        "</style>")
 
 _SPECIAL_TEXTS = frozenset({"[SEP]", "[PAD]", "[CLS]", "[UNK]"})
 
 
 def _chip_text(token: str) -> str:
-    """What a chip shows: the token with newlines as a visible arrow."""
-    return token.replace("\n", NEWLINE_MARK)
+    """What a chip shows: the token with control characters as visible glyphs
+    (``tokenizer.visible_text``) and newlines as an arrow."""
+    return visible_text(token).replace("\n", NEWLINE_MARK)
+
+
+def _chip_html(text: str, status: str, inline: bool = False) -> str:
+    """One chip; ``inline`` adds the colours as a ``style`` attribute too (for viewers that
+    drop ``<style>`` blocks)."""
+    cls = f"dllm-tok dllm-{status}"
+    if text in _SPECIAL_TEXTS:
+        cls += " dllm-special"
+    style = f' style="{_status_style(status)}"' if inline else ""
+    chip = f'<span class="{cls}"{style}>{html.escape(_chip_text(text))}</span>'
+    return chip + "<br>" if "\n" in text else chip
 
 
 def render_tokens_html(
@@ -187,13 +222,7 @@ def render_tokens_html(
         if st not in STATUSES:
             raise ValueError(f"unknown status {st!r}; use one of {STATUSES}")
         text = MASK_TEXT if st in ("mask", "remasked") else str(token)
-        cls = f"dllm-tok dllm-{st}"
-        if text in _SPECIAL_TEXTS:
-            cls += " dllm-special"
-        chip = f'<span class="{cls}">{html.escape(_chip_text(text))}</span>'
-        if "\n" in text:
-            chip += "<br>"
-        chips.append(chip)
+        chips.append(_chip_html(text, st))
     data = "".join(
         f' data-{key}="{html.escape(str(value), quote=True)}"'
         for key, value in (attrs or {}).items()
@@ -287,10 +316,10 @@ def _frame_pieces(steps, k, decode: _Decoder, initial_tokens=None):
 
 def frame_text(steps: Sequence, k: int, tokenizer, initial_tokens=None) -> str:
     """The answer area after step ``k`` as plain text, ``[MASK]`` for masks (the seed's
-    terminal picture). Taught in ``03_greedy_decoding``.
+    terminal picture), control characters as visible glyphs. Taught in ``03_greedy_decoding``.
     """
     pieces, _ = _frame_pieces(steps, k, _Decoder(tokenizer), initial_tokens)
-    return "".join(pieces)
+    return visible_text("".join(pieces))
 
 
 def _display_text(pieces: Sequence[str]) -> str:
@@ -321,8 +350,15 @@ class DemaskPlayer(widgets.VBox):
     the initial state: all ``[MASK]``, or ``initial_tokens`` (Duo starts from random
     tokens). ``Play`` is linked to the step slider in the browser (``jslink``); the
     slider's change runs ``_on_step`` in the kernel, which re-renders the HTML widget.
+    The player opens on frame ``start`` (default: the last, the answer), so a stored
+    notebook shows the result; ``Play`` at the last frame starts again from step 0.
     The object *is* an ``ipywidgets.VBox`` (``DemaskPlayer(...)`` shows itself in a
     notebook); ``player.frames()`` works in plain Python.
+
+    Without a kernel (a notebook viewer, an exported page, the course site) the same
+    frames play from the output's ``text/html``: ``player.to_html()``, a self-contained
+    HTML + JavaScript animation with a still ``player.filmstrip()`` image for viewers
+    that strip scripts. Its display bundle holds both (``_repr_mimebundle_``).
 
     Taught in ``03_greedy_decoding``.
     """
@@ -334,29 +370,37 @@ class DemaskPlayer(widgets.VBox):
         title: str = "",
         initial_tokens: Sequence[int] | None = None,
         speed: float = 5.0,
+        start: int | None = None,
     ):
         steps = list(steps)
         if not steps and initial_tokens is None:
             raise ValueError("DemaskPlayer needs at least one Step (or initial_tokens)")
         if not speed > 0:
             raise ValueError(f"speed is in steps per second and must be > 0, got {speed}")
+        n = len(steps)
+        start = n if start is None else start
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)):
+            raise ValueError(f"start is a step number 0..{n}, got {start!r}")
+        start = int(start)
+        _check_k(steps, start)
         self.steps = steps
         self.tokenizer = tokenizer
+        self.title = title
         self.initial_tokens = None if initial_tokens is None else list(initial_tokens)
+        self.start = start
         self._decode = _Decoder(tokenizer)
-        n = len(steps)
-        self.html = widgets.HTML(value=self.frame_html(0))
+        self.html = widgets.HTML(value=self.frame_html(start))
         self.html.add_class("dllm-frame")
         self.play = widgets.Play(
-            value=0, min=0, max=n, step=1, interval=max(1, int(1000 / speed))
+            value=start, min=0, max=n, step=1, interval=max(1, int(1000 / speed))
         )
         self.slider = widgets.IntSlider(
-            value=0, min=0, max=n, step=1, description="step", continuous_update=True
+            value=start, min=0, max=n, step=1, description="step", continuous_update=True
         )
         self.speed = widgets.FloatSlider(
             value=speed, min=0.5, max=max(30.0, speed), step=0.5, description="steps/s"
         )
-        self.caption = widgets.HTML(value=self.caption_text(0))
+        self.caption = widgets.HTML(value=self.caption_text(start))
         self.link = widgets.jslink((self.play, "value"), (self.slider, "value"))
         self.slider.observe(self._on_step, names="value")
         self.speed.observe(self._on_speed, names="value")
@@ -385,8 +429,7 @@ class DemaskPlayer(widgets.VBox):
     def frame_html(self, k: int) -> str:
         return frame_html(self.steps, k, self.tokenizer, self.initial_tokens, self._decode)
 
-    def caption_text(self, k: int) -> str:
-        """``step k / n · forward passes m · tokens this step j``."""
+    def _caption_plain(self, k: int) -> str:
         _check_k(self.steps, k)
         n = len(self.steps)
         if k == 0:
@@ -395,20 +438,275 @@ class DemaskPlayer(widgets.VBox):
             step = self.steps[k - 1]
             nfe = int(step.nfe)
             j = len(set(step.changed) | set(step.corrected))
-        return (
-            f'<span class="dllm-caption">step {k} / {n} \u00b7 forward passes {nfe} '
-            f"\u00b7 tokens this step {j}</span>"
-        )
+        return f"step {k} / {n} \u00b7 forward passes {nfe} \u00b7 tokens this step {j}"
+
+    def caption_text(self, k: int) -> str:
+        """``step k / n · forward passes m · tokens this step j``."""
+        return f'<span class="dllm-caption">{self._caption_plain(k)}</span>'
+
+    def _frame_chips(self, k: int) -> tuple[list[str], list[str]]:
+        """Display texts (``[MASK]`` for masks) and statuses of frame ``k``."""
+        pieces, status = _frame_pieces(self.steps, k, self._decode, self.initial_tokens)
+        return ([MASK_TEXT if st in ("mask", "remasked") else p
+                 for p, st in zip(pieces, status)], status)
 
     def frames(self) -> list[str]:
-        """Plain text of every frame, 0..n (``[MASK]`` for masks)."""
+        """Plain text of every frame, 0..n (``[MASK]`` for masks; control characters of
+        random tokens as visible glyphs, ``tokenizer.visible_text``)."""
         return [
-            "".join(_frame_pieces(self.steps, k, self._decode, self.initial_tokens)[0])
+            visible_text("".join(
+                _frame_pieces(self.steps, k, self._decode, self.initial_tokens)[0]))
             for k in range(len(self.steps) + 1)
         ]
 
     def final_text(self) -> str:
         return self.frames()[-1]
+
+    # kernel-free views
+    def key_frames(self, count: int = 4) -> list[int]:
+        """``count`` frames spread from 0 to n (both ends included), for the filmstrip."""
+        if count < 2:
+            raise ValueError(f"count must be >= 2 (first and last frame), got {count}")
+        n = len(self.steps)
+        return sorted({round(i * n / (count - 1)) for i in range(count)})
+
+    def filmstrip(self, frames: Sequence[int] | None = None, width: float = 7.0) -> Figure:
+        """A still image of some frames (default ``key_frames()``), one row each, chips in
+        the player's colours, with a legend. Returns the Figure (for viewers that run no
+        scripts; ``filmstrip_png()`` gives the PNG bytes)."""
+        frames = self.key_frames() if frames is None else [int(k) for k in frames]
+        if not frames:
+            raise ValueError("filmstrip needs at least one frame")
+        for k in frames:
+            _check_k(self.steps, k)
+        return _draw_filmstrip(self.title, [(f"step {k}", *self._frame_chips(k))
+                                            for k in frames], width)
+
+    def filmstrip_png(self, frames: Sequence[int] | None = None) -> bytes:
+        """``filmstrip()`` as PNG bytes (a 64-colour palette: a few kB), identical for
+        identical frames."""
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        self.filmstrip(frames).savefig(buf, format="png", metadata={"Software": None})
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        out = io.BytesIO()
+        image.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+                       ).save(out, format="PNG", optimize=True)
+        return out.getvalue()
+
+    def to_html(self, filmstrip: bool = True) -> str:
+        """A self-contained HTML + JavaScript animation of every frame (no kernel, no CDN).
+
+        Play / pause, step buttons and a step slider, the chips in the widget's colours,
+        opening on frame ``start``; ``Play`` at the end starts again at 0. The answer div
+        has the widget's ``data-step``/``data-n``/``data-final`` attributes. The element
+        id comes from a hash of the frames, so the same player gives the same HTML. With
+        ``filmstrip`` a PNG still (``filmstrip()``) follows, hidden when the script runs.
+        """
+        return _animation_html(self, filmstrip)
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget view (live, with a kernel) plus a ``text/html`` animation for
+        front ends that have no kernel or do not render widgets; ``text/plain`` names
+        the player and its answer."""
+        data = super()._repr_mimebundle_(**kwargs)
+        data["text/html"] = self.to_html()
+        title = f" {self.title!r}" if self.title else ""
+        answer = getattr(self, "answer", None)   # set by animate_decoding
+        end = f"answer {answer!r}" if answer is not None else f"final {self.final_text()!r}"
+        data["text/plain"] = f"DemaskPlayer{title}: {len(self.steps)} steps, {end}"
+        return data
+
+
+_JS_PLAYER = """(function () {
+  var script = document.currentScript;
+  var root = script ? script.parentNode : document.getElementById(%(id)s);
+  if (!root || root.dataset.ready) { return; }
+  root.dataset.ready = '1';
+  var data = JSON.parse(root.querySelector('script.dllm-data').textContent);
+  var n = data.frames.length - 1;
+  var answer = root.querySelector('.dllm-answer');
+  var slider = root.querySelector('.dllm-slider');
+  var caption = root.querySelector('.dllm-caption');
+  var button = root.querySelector('.dllm-play');
+  var timer = null;
+  var still = root.querySelector('.dllm-filmstrip');
+  if (still) { still.style.display = 'none'; }
+  root.querySelector('.dllm-controls').style.display = '';
+  function chip(c) {
+    var span = document.createElement('span');
+    span.className = 'dllm-tok dllm-' + data.statuses[c[1]] + (c[2] & 1 ? ' dllm-special' : '');
+    span.setAttribute('style', data.styles[c[1]]);
+    span.textContent = c[0];
+    return span;
+  }
+  function show(k) {
+    k = Math.max(0, Math.min(n, k));
+    answer.textContent = '';
+    data.frames[k].forEach(function (i) {
+      var c = data.chips[i];
+      answer.appendChild(chip(c));
+      if (c[2] & 2) { answer.appendChild(document.createElement('br')); }
+    });
+    answer.dataset.step = String(k);
+    slider.value = String(k);
+    caption.textContent = data.captions[k];
+  }
+  function pause() {
+    if (timer !== null) { clearInterval(timer); timer = null; }
+    button.textContent = '\u25b6 play';
+  }
+  function tick() {
+    var k = Number(answer.dataset.step) + 1;
+    if (k > n) { pause(); return; }
+    show(k);
+    if (k >= n) { pause(); }
+  }
+  function play() {
+    if (Number(answer.dataset.step) >= n) { show(0); }
+    button.textContent = '\u275a\u275a pause';
+    timer = setInterval(tick, data.interval);
+  }
+  button.addEventListener('click', function () {
+    if (timer === null) { play(); } else { pause(); } });
+  root.querySelector('.dllm-prev').addEventListener('click', function () {
+    pause(); show(Number(answer.dataset.step) - 1); });
+  root.querySelector('.dllm-next').addEventListener('click', function () {
+    pause(); show(Number(answer.dataset.step) + 1); });
+  slider.addEventListener('input', function () { pause(); show(Number(slider.value)); });
+})();"""
+
+_ANIM_CSS = """<style>
+.dllm-anim {margin: 4px 0;}
+.dllm-anim .dllm-controls {display: flex; align-items: center; gap: 6px; margin: 2px 0;
+  font-family: sans-serif; font-size: 12px;}
+.dllm-anim button {font-size: 12px; padding: 1px 8px; cursor: pointer;}
+.dllm-anim .dllm-slider {flex: 0 1 260px;}
+.dllm-anim .dllm-legend {font-family: sans-serif; font-size: 11px; color: #555;
+  margin-top: 3px;}
+.dllm-anim .dllm-legend .dllm-tok {font-family: monospace;}
+.dllm-anim .dllm-filmstrip {max-width: 100%; display: block; margin-top: 4px;}
+</style>"""
+
+
+def _animation_html(player: DemaskPlayer, filmstrip: bool = True) -> str:
+    """The kernel-free animation of ``player`` (see ``DemaskPlayer.to_html``)."""
+    import base64
+    import hashlib
+    import json
+
+    n = len(player.steps)
+    # each distinct chip once: [shown text, status index, flags (1 special, 2 line break)]
+    chips: list[list] = []
+    index: dict[tuple, int] = {}
+    frames, static = [], []
+    for k in range(n + 1):
+        pieces, status = player._frame_chips(k)
+        row = []
+        for text, st in zip(pieces, status):
+            flags = (1 if text in _SPECIAL_TEXTS else 0) | (2 if "\n" in text else 0)
+            key = (_chip_text(text), STATUSES.index(st), flags)
+            if key not in index:
+                index[key] = len(chips)
+                chips.append(list(key))
+            row.append(index[key])
+            if k == player.start:
+                static.append(_chip_html(text, st, inline=True))
+        frames.append(row)
+    captions = [player._caption_plain(k) for k in range(n + 1)]
+    interval = max(1, int(player.play.interval))
+    data = {"statuses": list(STATUSES), "styles": [_status_style(st) for st in STATUSES],
+            "chips": chips, "frames": frames, "captions": captions, "interval": interval}
+    payload = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    payload = payload.replace("</", "<\\/")
+    digest = hashlib.sha1(
+        (player.title + "\0" + str(player.start) + "\0" + payload).encode()
+    ).hexdigest()[:12]
+    anim_id = f"dllm-anim-{digest}"
+    k0 = player.start
+    final = _display_text(player._frame_chips(n)[0])
+    answer = (f'<div class="dllm-answer" data-step="{k0}" data-n="{n}" '
+              f'data-final="{html.escape(final, quote=True)}">'
+              + "".join(static) + "</div>")
+    title = (f'<div class="dllm-title">{html.escape(player.title)}</div>'
+             if player.title else "")
+    controls = (
+        '<div class="dllm-controls" style="display: none">'
+        '<button type="button" class="dllm-play">\u25b6 play</button>'
+        '<button type="button" class="dllm-prev" title="previous step">\u2039</button>'
+        '<button type="button" class="dllm-next" title="next step">\u203a</button>'
+        f'<input type="range" class="dllm-slider" min="0" max="{n}" step="1" value="{k0}" '
+        'aria-label="step">'
+        f'<span class="dllm-caption">{html.escape(captions[k0])}</span></div>'
+    )
+    used = [st for i, st in enumerate(STATUSES) if any(c[1] == i for c in chips)]
+    legend = ('<div class="dllm-legend">' + " ".join(
+        f'<span class="dllm-tok dllm-{st}" style="{_status_style(st)}">'
+        f"{html.escape(STATUS_LABELS[st])}</span>" for st in used) + "</div>")
+    still = ""
+    if filmstrip:
+        png = base64.b64encode(player.filmstrip_png()).decode("ascii")
+        alt = html.escape(f"key frames of the de-masking: {final}", quote=True)
+        still = (f'<img class="dllm-filmstrip" alt="{alt}" '
+                 f'src="data:image/png;base64,{png}">')
+    script = _JS_PLAYER % {"id": json.dumps(anim_id)}
+    return (f'{_CSS}{_ANIM_CSS}<div class="dllm-anim" id="{anim_id}">{title}{controls}'
+            f'<div class="dllm-frame">{answer}</div>{legend}{still}'
+            f'<script type="application/json" class="dllm-data">{payload}</script>'
+            f"<script>{script}</script></div>")
+
+
+def _draw_filmstrip(title: str, rows: list, width: float = 7.0) -> Figure:
+    """Rows of chips (``(label, texts, statuses)``) drawn with matplotlib, wrapped to
+    ``width`` inches. Monospace text: a chip is as wide as its characters."""
+    font, char_w, line_h, label_w = 8.0, 8.0 * 0.6, 8.0 * 1.9, 48.0   # points
+    width_pt = width * 72.0
+    layout = []          # (label, [(x, line, text, status)], lines)
+    for label, texts, status in rows:
+        x, line, placed = label_w, 0, []
+        for text, st in zip(texts, status):
+            shown = _chip_text(text).replace(NEWLINE_MARK, NEWLINE_MARK + " ")
+            w = max(1, len(shown)) * char_w + 3.0
+            if x + w > width_pt - 4 and x > label_w:
+                x, line = label_w, line + 1
+            placed.append((x, line, shown, st))
+            x += w + 1.5
+        layout.append((label, placed, line + 1))
+    legend_h = line_h * 1.2
+    title_h = line_h * 1.3 if title else 0.0
+    body = sum(lines for _, _, lines in layout) * line_h + (len(layout) - 1) * 5.0
+    height_pt = title_h + body + legend_h + 8.0
+    fig = Figure(figsize=(width, height_pt / 72.0), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width_pt)
+    ax.set_ylim(height_pt, 0)
+    ax.axis("off")
+    y = 4.0
+    if title:
+        ax.text(4, y + line_h * 0.5, title, fontsize=font + 1, fontweight="bold",
+                va="center")
+        y += title_h
+    for label, placed, lines in layout:
+        ax.text(4, y + line_h * 0.5, label, fontsize=font, va="center", color="#333")
+        for x, line, shown, st in placed:
+            bg, fg, border = STATUS_COLOURS[st]
+            ax.text(x, y + (line + 0.5) * line_h, shown, fontsize=font, family="monospace",
+                    va="center", ha="left", color=fg,
+                    fontweight="bold" if st == "new" else "normal",   # no italic: the
+                    bbox=dict(boxstyle="square,pad=0.15", fc=bg, ec=border or bg, lw=0.6))
+        y += lines * line_h + 5.0      # oblique mono font lacks the ⌃ and � glyphs
+    x = 4.0
+    used = [st for st in STATUSES if any(st in status for _, _, status in rows)]
+    for st in used:
+        bg, fg, border = STATUS_COLOURS[st]
+        label = STATUS_LABELS[st]
+        ax.text(x, y + legend_h * 0.5, label, fontsize=font - 1, va="center", color=fg,
+                bbox=dict(boxstyle="square,pad=0.15", fc=bg, ec=border or bg, lw=0.6))
+        x += len(label) * (font - 1) * 0.55 + 14.0
+    return fig
 
 
 def show(steps: Sequence, tokenizer, title: str = "", initial_tokens=None, speed=5.0):

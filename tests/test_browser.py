@@ -2,9 +2,10 @@
 
 Recipe (COURSE.md, "Quality bars"): JupyterLab 4 on 127.0.0.1 with a token, Playwright's
 Python package launching the system ``chromium`` by explicit path (it never downloads a
-browser), Run All Cells, click the player's Play button, and check that the kernel
-callback re-rendered the answer from all ``[MASK]`` (or Duo's random start) to the final
-text. Screenshots go to ``tests/artifacts/browser/``.
+browser), Run All Cells, check that the player opened on the answer, click its Play
+button, and check that the kernel callback re-rendered the answer from step 0, all
+``[MASK]`` (or Duo's random start), to the final text. Screenshots go to
+``tests/artifacts/browser/``.
 
 Run with ``python -m pytest -m browser tests/test_browser.py``. Tests skip only when
 Chromium or Playwright is missing; a missing course notebook is a failure.
@@ -281,15 +282,29 @@ _JS_READ = """(root) => {
   };
 }"""
 
-# Record every frame the kernel sends back (the HTML widget's content is replaced each time)
+# Record every frame the kernel sends back (the HTML widget's content is replaced each
+# time): its step, text and chip statuses
 _JS_WATCH = """(root) => {
   window.__dllmSeen = [];
   const frame = root.querySelector('.dllm-frame');
+  const read = %s;
   const note = () => {
-    const a = frame.querySelector('.dllm-answer');
-    if (a) { window.__dllmSeen.push(Number(a.dataset.step)); }
+    const seen = read(frame);
+    const last = window.__dllmSeen[window.__dllmSeen.length - 1];
+    if (seen && !(last && last.step === seen.step && last.text === seen.text)) {
+      window.__dllmSeen.push(seen);
+    }
   };
   new MutationObserver(note).observe(frame, {childList: true, subtree: true});
+}""" % _JS_READ
+
+# Play has run to the end: frame 0 was painted, then the last one
+_JS_ENDED = """(root) => {
+  const seen = window.__dllmSeen;
+  const a = root.querySelector('.dllm-answer');
+  return seen.some(f => f.step === 0) && seen.length > 1
+    && seen[seen.length - 1].step === seen[seen.length - 1].n
+    && a.dataset.step === a.dataset.n;
 }"""
 
 
@@ -302,7 +317,9 @@ class AnimationResult:
     before_status: list[str] = field(default_factory=list)
     after_status: list[str] = field(default_factory=list)
     n_steps: int = 0
+    before_step: int = -1
     after_step: int = 0
+    first_played: dict = field(default_factory=dict)
     reached_end: bool = False
     steps_seen: list[int] = field(default_factory=list)
     cell_errors: list[str] = field(default_factory=list)
@@ -372,16 +389,13 @@ def run_notebook_animation(
         wait_s = end_timeout_s or 20.0 + 2.0 * before["n"] / max(speed, 0.5)
         reached = True
         try:
-            page.wait_for_function(
-                "(root) => { const a = root.querySelector('.dllm-answer');"
-                " return a && a.dataset.step === a.dataset.n; }",
-                arg=root, timeout=wait_s * 1000,
-            )
+            page.wait_for_function(_JS_ENDED, arg=root, timeout=wait_s * 1000)
         except Exception:  # playwright's TimeoutError: report, do not raise
             reached = False
         page.wait_for_timeout(300)  # let the last frame paint
         after = page.evaluate(_JS_READ, root)
         seen = page.evaluate("() => window.__dllmSeen")
+        first = next((f for f in seen if f["step"] == 0), {})
         shots.append(shot_dir / f"{name}_2_after.png")
         page.screenshot(path=shots[-1])
         lap("play")
@@ -390,28 +404,35 @@ def run_notebook_animation(
     return AnimationResult(
         before_text=before["text"], after_text=after["text"], screenshots=shots,
         final_text=before["final"], before_status=before["status"],
-        after_status=after["status"], n_steps=before["n"], after_step=after["step"],
-        reached_end=reached, steps_seen=seen, cell_errors=errors,
+        after_status=after["status"], n_steps=before["n"], before_step=before["step"],
+        after_step=after["step"], first_played=first,
+        reached_end=reached, steps_seen=[f["step"] for f in seen], cell_errors=errors,
         seconds=time.monotonic() - t0, phases=phases,
     )
 
 
 def check_demasked(result: AnimationResult, start: str = "mask") -> None:
-    """The animation ran in the browser: from all ``start`` chips to the final answer."""
+    """The animation ran in the browser: the player opened on the answer (a stored
+    notebook shows the result, not all masks); Play went back to step 0, all ``start``
+    chips, and de-masked to the final answer."""
     assert not result.cell_errors, f"cells raised: {result.cell_errors}"
     assert result.n_steps >= 1
-    assert set(result.before_status) == {start}, result.before_status
-    assert result.before_text != result.final_text, "step 0 already shows the answer"
+    assert result.before_step == result.n_steps, "the player did not open on the answer"
+    assert result.before_text == result.final_text
+    first = result.first_played
+    assert first, f"Play never showed step 0 (frames seen: {result.steps_seen})"
+    assert set(first["status"]) == {start}, first["status"]
+    assert first["text"] != result.final_text, "step 0 already shows the answer"
     if start == "mask":
-        assert result.before_text == "[MASK]" * len(result.before_status)
+        assert first["text"] == "[MASK]" * len(first["status"])
     assert result.reached_end, (
         f"the answer stopped at step {result.after_step} / {result.n_steps} "
         f"(frames seen: {result.steps_seen})"
     )
     assert result.after_text == result.final_text
     assert not {"mask", "remasked"} & set(result.after_status), result.after_status
-    # several intermediate frames were painted, not only the last one
-    assert len(set(result.steps_seen)) >= min(3, result.n_steps), result.steps_seen
+    # several intermediate frames were painted, not only the first and the last
+    assert len(set(result.steps_seen)) >= min(3, result.n_steps + 1), result.steps_seen
 
 
 # ---------------------------------------------------------------------------------------
@@ -526,7 +547,8 @@ def test_broken_player_is_caught(lab_page, synthetic_root, variant):
     print(f"{nb.name}: {result.seconds:.1f} s {result.phases}, frames {result.steps_seen}")
     assert not result.cell_errors
     assert not result.reached_end
-    assert result.after_text == result.before_text
+    assert result.after_text == result.before_text == result.final_text
+    assert not result.first_played
     with pytest.raises(AssertionError):
         check_demasked(result)
 
@@ -552,3 +574,48 @@ def test_course_notebook_player(lab_page, notebook):
     print(f"{notebook}: {result.seconds:.1f} s {result.phases}, {result.n_steps} steps, "
           f"final {result.final_text!r}")
     check_demasked(result, start="noise" if "duo" in notebook else "mask")
+
+
+# ---------------------------------------------------------------------------------------
+# a stored notebook opened without running it: no kernel output, no widget model
+# ---------------------------------------------------------------------------------------
+
+
+def write_stored_player_notebook(path: Path) -> Path:
+    """A notebook whose player output was stored by a kernel (its display bundle) and
+    whose widget state was not saved: what a reader who opens it before running sees."""
+    import nbformat
+
+    ns: dict = {}
+    exec(_SYNTHETIC.format(duo=False, breakage=""), ns)
+    bundle = ns["player"]._repr_mimebundle_()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.cells = [nbformat.v4.new_markdown_cell("# stored player"),
+                nbformat.v4.new_code_cell("player", outputs=[nbformat.v4.new_output(
+                    "execute_result", data=bundle, execution_count=1)])]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_stored_player_shows_its_answer_before_the_cell_runs(lab_page, synthetic_root):
+    nb = write_stored_player_notebook(synthetic_root / "stored_player.ipynb")
+    page, lab = lab_page(synthetic_root, nb)
+    rel = nb.relative_to(lab.root_dir).as_posix()
+    panel_id = page.evaluate(_JS_OPEN, rel)
+    try:
+        output = page.locator(f'[id="{panel_id}"] .jp-OutputArea-output').first
+        answer = output.locator(".dllm-answer")
+        answer.wait_for(timeout=30_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        output.screenshot(path=ARTIFACTS / "stored_player_no_kernel.png")
+        # JupyterLab shows an untrusted output's HTML sanitized (no script, no <style>,
+        # no data-* attributes): not "DemaskPlayer(...)" and not all masks, but the stored
+        # answer frame, with the filmstrip of key frames below it
+        assert answer.text_content() == "The capital of France is Paris.[SEP]"
+        assert "DemaskPlayer(" not in output.text_content()
+        assert not output.locator(".dllm-controls").is_visible()  # they need the script
+        img = output.locator("img.dllm-filmstrip")
+        assert img.evaluate("i => i.complete && i.naturalWidth > 0 && i.offsetHeight > 0")
+    finally:
+        page.evaluate(_JS_SHUTDOWN, panel_id)

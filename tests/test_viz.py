@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from dllm_lesson import viz  # noqa: E402
+from dllm_lesson.tokenizer import visible_text  # noqa: E402
 
 try:
     from dllm_lesson.sampling import Step
@@ -204,7 +205,11 @@ def test_render_escapes_text_and_rejects_bad_input():
 def test_slider_change_rerenders_the_answer():
     steps, tok = greedy_steps(), FakeTokenizer()
     player = viz.DemaskPlayer(steps, tok, title="greedy", speed=4)
-    assert Chips(player.html.value).status == ["mask"] * 8
+    # stored at the answer (what a saved notebook shows), not at the all-mask step 0
+    opened = Chips(player.html.value)
+    assert opened.attrs["step"] == "8" and opened.text == opened.attrs["final"]
+    assert (player.play.value, player.slider.value) == (8, 8)
+    assert "step 8 / 8" in player.caption.value
     player.slider.value = 3  # what Play (jslink'ed in the browser) does
     chips = Chips(player.html.value)
     assert chips.attrs["step"] == "3"
@@ -237,6 +242,18 @@ def test_player_is_wired_for_the_browser():
         viz.DemaskPlayer(greedy_steps(), FakeTokenizer(), speed=0)
     with pytest.raises(ValueError, match="at least one Step"):
         viz.DemaskPlayer([], FakeTokenizer())
+
+
+def test_player_opens_on_the_frame_asked_for():
+    steps = greedy_steps()
+    middle = viz.DemaskPlayer(steps, FakeTokenizer(), start=4)
+    assert Chips(middle.html.value).attrs["step"] == "4"
+    assert (middle.play.value, middle.slider.value) == (4, 4)
+    assert Chips(viz.DemaskPlayer(steps, FakeTokenizer(), start=0).html.value).status \
+        == ["mask"] * 8
+    for bad in (9, -1, 2.5, True, "end"):
+        with pytest.raises(ValueError, match="start|step k"):
+            viz.DemaskPlayer(steps, FakeTokenizer(), start=bad)
 
 
 def test_frames_in_plain_python_and_decode_cache():
@@ -278,7 +295,7 @@ def test_animate_decoding_greedy(tiny_model, course_tokenizer):
     assert frames[0] == "[MASK]" * 6
     assert "[MASK]" not in frames[-1]
     pieces = [course_tokenizer.decode([i]) for i in player.steps[-1].tokens]
-    assert frames[-1] == "".join(pieces)
+    assert frames[-1] == visible_text("".join(pieces))
     assert player.answer == sampling.generate(tiny_model, course_tokenizer,
                                               "Capital of France?", answer_length=6)
     for k in range(1, 7):  # one new token per greedy step
@@ -469,3 +486,200 @@ def test_strategy_table_text_and_html():
     assert re.search(r"<th>note</th>", markup)
     with pytest.raises(ValueError, match="at least one row"):
         viz.strategy_table([])
+
+
+# ---------------------------------------------------------------------------------------
+# visible glyphs for random byte-level pieces
+# ---------------------------------------------------------------------------------------
+
+
+def test_visible_text_shows_control_and_unprintable_characters():
+    assert visible_text("a\x19b\x00c\x7f") == "a\u2303Yb\u2303@c\u2303?"
+    assert visible_text("\ufffd") == "\ufffd"          # the replacement glyph itself
+    assert visible_text("x\x85y\u200bz") == "x<U+0085>y<U+200B>z"
+    assert visible_text("line\n\tend é 東") == "line\n\tend é 東"   # printable: unchanged
+    with pytest.raises(TypeError, match="str"):
+        visible_text(b"\x19")
+
+
+def test_noise_chips_show_visible_glyphs():
+    tok = FakeTokenizer()
+    tok.pieces = {**tok.pieces, 30: "\x19", 31: " \x00\ufffd"}
+    start = [30, 31, 30, 31, 30, 31, 30, 31]
+    steps = []
+    tokens = list(start)
+    for i, pos in enumerate(ORDER):
+        tokens = list(tokens)
+        tokens[pos] = FINAL[pos]
+        steps.append(Step(step=i + 1, tokens=tokens, changed=[pos], nfe=i + 1))
+    player = viz.DemaskPlayer(steps, tok, initial_tokens=start)
+    chips = Chips(player.frame_html(0))
+    assert chips.status == ["noise"] * 8
+    assert chips.text == "\u2303Y \u2303@\ufffd" * 4
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", player.frame_html(0) + player.to_html())
+    assert player.frames()[0] == "\u2303Y \u2303@\ufffd" * 4
+    assert viz.frame_text(steps, 0, tok, start) == player.frames()[0]
+
+
+# ---------------------------------------------------------------------------------------
+# kernel-free views: the HTML + JS animation and the filmstrip
+# ---------------------------------------------------------------------------------------
+
+
+class AnimationParts(HTMLParser):
+    """The animation's pieces, read independently of viz: ids, scripts, images, the
+    JSON frames."""
+
+    def __init__(self, markup: str):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.images, self.scripts, self.buttons = [], [], [], []
+        self.slider = {}
+        self._script = None
+        self.feed(markup)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "input" and "dllm-slider" in (attrs.get("class") or ""):
+            self.slider = attrs
+        if tag == "button":
+            self.buttons.append(attrs.get("class"))
+        if tag == "script":
+            self._script = [attrs.get("type"), attrs.get("class"), ""]
+            self.scripts.append(self._script)
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._script = None
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self._script[2] += data
+
+    def data(self):
+        import json
+
+        (payload,) = [body for kind, cls, body in self.scripts if kind == "application/json"]
+        return json.loads(payload)
+
+
+def test_animation_html_holds_every_frame_and_plays_without_a_kernel():
+    tok = FakeTokenizer()
+    steps = greedy_steps()
+    steps[5].remasked = [1]        # a re-masked and a corrected chip must keep their colours
+    steps[5].tokens = list(steps[5].tokens)
+    steps[5].tokens[1] = MASK
+    steps[6].corrected = [0]
+    player = viz.DemaskPlayer(steps, tok, title="greedy <demo>", speed=4)
+    markup = player.to_html()
+    parts = AnimationParts(markup)
+    data = parts.data()
+    assert len(data["frames"]) == 9 and len(data["captions"]) == 9
+    assert data["interval"] == 250
+    for k, frame in enumerate(data["frames"]):   # each frame = the widget's frame k
+        chips = [data["chips"][i] for i in frame]
+        widget = Chips(player.frame_html(k))
+        assert [data["statuses"][c[1]] for c in chips] == widget.status, k
+        assert "".join(c[0] for c in chips) == widget.text, k
+        assert data["captions"][k] in player.caption_text(k)
+    # the colours of new / re-masked / corrected chips are the widget's: inline in the
+    # static frame, in the data the script paints with, and in the CSS classes
+    for status in ("new", "remasked", "corrected", "mask", "done"):
+        bg = viz.STATUS_COLOURS[status][0]
+        style = data["styles"][data["statuses"].index(status)]
+        assert f"background: {bg}" in style and f".dllm-{status} {{background: {bg}" in markup
+        assert any(data["statuses"][c[1]] == status for c in data["chips"])
+    assert f'class="dllm-tok dllm-new" style="{data["styles"][1]}"' in markup
+    # the flags: [SEP] is dimmed as special, the newline chip is followed by a line break
+    assert {c[2] for c in data["chips"] if c[0] == "[SEP]"} == {1}
+    assert {c[2] for c in data["chips"] if c[0] == "\u21b5"} == {2}
+    # opens on the answer; the static markup shows it before any script runs
+    assert Chips(markup).attrs == {"step": "8", "n": "8",
+                                   "final": Chips(player.frame_html(8)).attrs["final"]}
+    assert parts.slider["max"] == "8" and parts.slider["value"] == "8"
+    assert {"dllm-play", "dllm-prev", "dllm-next"} <= set(parts.buttons)
+    # self-contained: no external script, stylesheet or font; one still image inline
+    assert not re.search(r"(src|href)=\"(?!data:)", markup)
+    assert "http" not in markup
+    assert [i["src"][:22] for i in parts.images] == ["data:image/png;base64,"]
+    # deterministic ids (nbval compares text/html): derived from the content
+    (anim_id,) = parts.ids
+    assert re.fullmatch(r"dllm-anim-[0-9a-f]{12}", anim_id)
+    again = viz.DemaskPlayer(steps, FakeTokenizer(), title="greedy <demo>", speed=4)
+    assert again.to_html() == markup
+    other = viz.DemaskPlayer(greedy_steps(), FakeTokenizer(), title="greedy <demo>")
+    assert AnimationParts(other.to_html()).ids != [anim_id]
+    assert "<demo>" not in markup and "greedy &lt;demo&gt;" in markup
+
+
+def test_animation_escapes_script_closing_text():
+    tok = FakeTokenizer()
+    tok.pieces = {**tok.pieces, 15: " </script><b>x"}
+    player = viz.DemaskPlayer(greedy_steps(), tok)
+    markup = player.to_html(filmstrip=False)
+    parts = AnimationParts(markup)
+    assert [s[:2] for s in parts.scripts] == [["application/json", "dllm-data"], [None, None]]
+    assert "</script><b>x" not in markup and "<\\/script><b>x" in markup   # inside the JSON
+    assert {" </script><b>x"} == {c[0] for c in parts.data()["chips"] if "script" in c[0]}
+    assert "&lt;/script&gt;&lt;b&gt;x" in markup            # the static frame, escaped
+    assert not parts.images
+
+
+def test_mime_bundle_has_widget_and_kernel_free_html():
+    player = viz.DemaskPlayer(greedy_steps(), FakeTokenizer(), title="greedy")
+    bundle = player._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == player.model_id
+    assert bundle["text/html"] == player.to_html()
+    assert bundle["text/plain"] == (
+        "DemaskPlayer 'greedy': 8 steps, final 'The capital of France is Paris\\n[SEP]'")
+    player.answer = "The capital of France is Paris"      # what animate_decoding sets
+    assert player._repr_mimebundle_()["text/plain"].endswith(
+        "8 steps, answer 'The capital of France is Paris'")
+
+
+def test_filmstrip_draws_key_frames_in_the_player_colours():
+    steps = greedy_steps()
+    player = viz.DemaskPlayer(steps, FakeTokenizer(), title="greedy")
+    assert player.key_frames() == [0, 3, 5, 8]
+    assert player.key_frames(2) == [0, 8]
+    with pytest.raises(ValueError, match="count"):
+        player.key_frames(1)
+    fig = player.filmstrip()
+    assert isinstance(fig, Figure)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert ["step 0", "step 3", "step 5", "step 8"] == [t for t in texts if t.startswith("step")]
+    assert texts.count("[MASK]") == 8 + 5 + 3
+    faces = {t.get_text(): t.get_bbox_patch().get_facecolor()
+             for t in fig.axes[0].texts if t.get_bbox_patch() is not None}
+    assert matplotlib.colors.to_hex(faces["new this step"]) == viz.STATUS_COLOURS["new"][0]
+    png = player.filmstrip_png()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == player.filmstrip_png()
+    assert len(png) < 20_000      # a palette image: small enough to store in the notebook
+    with pytest.raises(ValueError, match="step k"):
+        player.filmstrip([0, 9])
+
+
+def test_nbval_compares_the_frames_not_the_png():
+    """tests/sanitize.cfg blanks the filmstrip's PNG bytes (font rendering differs between
+    machines) but keeps the animation's frames, which nbval still compares."""
+    from pathlib import Path
+
+    from nbval.plugin import get_sanitize_patterns
+
+    cfg = (Path(__file__).parent / "sanitize.cfg").read_text("utf-8")
+
+    def sanitize(text):
+        for regex, replace in get_sanitize_patterns(cfg):
+            text = re.sub(regex, replace, text)
+        return text
+
+    player = viz.DemaskPlayer(greedy_steps(), FakeTokenizer())
+    markup = player.to_html()
+    other_png = re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,iVBORw0KGgo0x1fAAAA+/=", markup)
+    assert other_png != markup and sanitize(other_png) == sanitize(markup)
+    other_final = viz.DemaskPlayer(greedy_steps(final=[10, 11, 12, 13, 14, 20, 16, 3]),
+                                   FakeTokenizer()).to_html()
+    assert sanitize(other_final) != sanitize(markup)
