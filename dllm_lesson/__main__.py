@@ -16,10 +16,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: python -m dllm_lesson {generate,eval,bench,build-models,site} "
-              "[options]
-"
-              "e.g.   python -m dllm_lesson generate \"What is the capital of Kenya?\"
-")
+              "[options]\n"
+              "e.g.   python -m dllm_lesson generate \"What is the capital of Kenya?\"\n")
         for name, (_, _, doc) in COMMANDS.items():
             print(f"  {name:<14}{doc}")
         if argv and argv[0] not in ("-h", "--help"):
