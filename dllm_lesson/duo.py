@@ -1489,3 +1489,150 @@ def make_objective_for(tokenizer, vocab_size: int | None = None, objective: str 
     if objective == "dcd":
         return DCDObjective(vocab_size=V, **fields)
     raise ValueError(f"unknown objective {objective!r}: 'duo' or 'dcd'")
+
+
+def check_duo_config(cfg) -> None:
+    """The Duo / DCD fields of a ``TrainConfig``: one clear error per bad value.
+
+    Resolves ``cfg.duo_scale``: None becomes ``"none"`` for the ELBO and ``"batch_mean"``
+    for ``sym_kl`` / ``ce`` (measured in ``08_duo_loss_scaling``: the seed's scale puts
+    ~50% of tiny-dllm's gradient entries below AdamW's eps, its batch-mean version ~1%).
+    """
+    if cfg.duo_loss not in DUO_LOSSES:
+        raise ValueError(f"unknown duo_loss {cfg.duo_loss!r}: choose one of {DUO_LOSSES}")
+    scale = cfg.duo_scale
+    if isinstance(scale, str) and scale.lower() in ("true", "false"):
+        scale = scale.lower() == "true"
+    if scale is None:
+        scale = "none" if cfg.duo_loss == "elbo" else "batch_mean"
+    scale = scale_mode(scale)
+    if cfg.duo_loss == "elbo" and scale != "none":
+        raise ValueError(f"duo_scale={cfg.duo_scale!r} applies to sym_kl / ce: the ELBO "
+                         "brings its own weighting; leave duo_scale unset (or 'none')")
+    cfg.duo_scale = scale
+    if not cfg.duo_gamma_min < cfg.duo_gamma_max:
+        raise ValueError(f"need duo_gamma_min < duo_gamma_max, got {cfg.duo_gamma_min}, "
+                         f"{cfg.duo_gamma_max}")
+    if cfg.objective == "dcd":
+        if not cfg.teacher:
+            raise ValueError("objective 'dcd' distils a trained Duo model: give it as "
+                             "teacher (./train_flowlm.py --objective dcd --teacher tiny-duo)")
+        if cfg.dcd_kl not in DCD_KL:
+            raise ValueError(f"unknown dcd_kl {cfg.dcd_kl!r}: choose one of {DCD_KL}")
+        if cfg.dcd_update_every < 1 or cfg.dcd_base_steps < 1:
+            raise ValueError("dcd_update_every and dcd_base_steps must be positive")
+
+
+def load_teacher(name: str):
+    """The teacher model for DCD: a shipped name (``tiny-duo``) or a local folder."""
+    from transformers import AutoModelForMaskedLM
+
+    from .loading import SHIPPED, model_path
+
+    path = str(model_path(name)) if name in SHIPPED else name
+    return AutoModelForMaskedLM.from_pretrained(path)
+
+
+def objective_from_config(cfg, tokenizer):
+    """The training core's Duo objective for a ``TrainConfig`` (``objective`` "duo" or
+    "dcd"): :class:`DuoObjective` or :class:`DCDObjective` over ``len(tokenizer)`` ids."""
+    check_duo_config(cfg)
+    if cfg.objective == "dcd":
+        return make_objective_for(tokenizer, objective="dcd", teacher=load_teacher(cfg.teacher),
+                                  update_every=cfg.dcd_update_every,
+                                  base_steps=cfg.dcd_base_steps, kl=cfg.dcd_kl,
+                                  gamma_min=cfg.duo_gamma_min, gamma_max=cfg.duo_gamma_max)
+    return make_objective_for(tokenizer, noise_min=cfg.noise_min, noise_max=cfg.noise_max,
+                              tau_start=cfg.tau_start, tau_end=cfg.tau_end,
+                              total_steps=cfg.max_steps, loss_kind=cfg.duo_loss,
+                              scale=cfg.duo_scale, gamma_min=cfg.duo_gamma_min,
+                              gamma_max=cfg.duo_gamma_max)
+
+
+# ---------------------------------------------------------------------------
+# Accuracy against forward passes (09_duo_sampling, 10_few_step_distillation)
+# ---------------------------------------------------------------------------
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a share ``correct / n`` (``z`` = 1.96).
+
+    Taught in ``10_few_step_distillation``. Unlike ``p ± z sqrt(p(1-p)/n)`` it stays inside
+    [0, 1] and is sensible near 0% and 100%.
+    """
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got {correct}, {n}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_by_passes(model, tokenizer, examples, steps=(1, 2, 4, 8, 16, 32),
+                       strategy: str = "duo", progress: bool = False, **options) -> list[dict]:
+    """One row per step count: exact-match accuracy with its 95% Wilson interval, forward
+    passes per answer, self-corrections per answer
+    (:func:`dllm_lesson.evaluate.evaluate_answers` does the decoding and scoring).
+
+    Taught in ``09_duo_sampling`` and ``10_few_step_distillation``. ``options`` go to the
+    decoder (``sampler="ancestral"``/``"renoise"`` for Duo, ``remasking=...`` for LLaDA).
+    """
+    from .evaluate import evaluate_answers
+
+    rows = []
+    for k in steps:
+        ev = evaluate_answers(model, tokenizer, examples, strategy=strategy, steps=k,
+                              progress=progress, **options)
+        correct = sum(ok for *_, ok in ev["rows"])
+        lo, hi = wilson_interval(correct, ev["n"])
+        rows.append({"steps": k, "accuracy": ev["accuracy"], "ci95": [lo, hi], "n": ev["n"],
+                     "mean_nfe": ev["mean_nfe"],
+                     "corrections_per_answer": ev["corrections_per_answer"],
+                     "answers_with_correction": ev["answers_with_correction"],
+                     "per_task": ev["per_task"]})
+    return rows
+
+
+def noise_level_readout(model, tokenizer, examples, times=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
+                                                         0.7, 0.8, 0.9),
+                        schedule: DuoSchedule | None = None, seed: int = 0) -> list[dict]:
+    """Can a model without a time input tell how noisy its input is? One forward pass per
+    example and time: the answer is corrupted to ``alpha(t)`` (:func:`sample_uniform_state`),
+    and we compare the true share of flipped answer tokens with the share of answer tokens
+    the model would change (its argmax differs from the token it sees).
+
+    Taught in ``09_duo_sampling``. The paper's DiT takes ``sigma = -log alpha_t`` as an
+    input; ModernBERT has no such input. Uniform-state noise leaves its level written in
+    ``x_t`` (the share of tokens that do not fit), so a model can read it off; this
+    measures how well. Returns one dict per time: ``t``, ``alpha``, ``true_flip``,
+    ``read_flip`` (means over examples) and ``abs_error`` (mean per-answer
+    ``|read - true|``).
+    """
+    from .sampling import build_sequence
+
+    schedule = schedule or DuoSchedule(int(noise_allowed(tokenizer).sum()))
+    V = model.config.vocab_size
+    allowed = noise_allowed(tokenizer, V)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in times:
+        alpha = float(schedule.alpha(torch.tensor(t)))
+        true, read = [], []
+        for ex in examples:
+            answer = tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"]
+            answer = answer + [tokenizer.sep_token_id]
+            ids, a0 = build_sequence(tokenizer, ex.prompt, len(answer))
+            x0 = torch.tensor(answer)[None]  # (1, A)
+            xt = sample_uniform_state(x0, alpha, allowed, generator=g)  # (1, A)
+            ids[0, a0:a0 + len(answer)] = xt[0]
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device)).logits[0, a0:a0 + len(answer)]
+            pred = model_probs(logits, allowed.to(logits.device)).argmax(-1).cpu()
+            true.append(float((xt[0] != x0[0]).float().mean()))
+            read.append(float((pred != xt[0]).float().mean()))
+        tt, rr = torch.tensor(true), torch.tensor(read)
+        out.append({"t": t, "alpha": alpha, "true_flip": float(tt.mean()),
+                    "read_flip": float(rr.mean()), "abs_error": float((rr - tt).abs().mean())})
+    return out

@@ -654,3 +654,70 @@ def test_duo_objective_bad_loss_and_scale_names():
         duo.DuoObjective(vocab_size=50, scale="mean")
     with pytest.raises(ValueError, match="own per-token weight"):
         duo.DuoObjective(vocab_size=50, loss_kind="elbo", scale="seed")
+
+
+# ---------------------------------------------------------------------------
+# The engine's duo strategy: ancestral (default) and renoise samplers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    from dllm_lesson.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+class _Fixed(torch.nn.Module):
+    """A fake model: the same logits at every call (answer positions favour ``token``)."""
+
+    def __init__(self, V, a0, token, strength):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(vocab_size=V, max_position_embeddings=512)
+        self.a0, self.token, self.strength = a0, token, strength
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        logits[0, self.a0:, self.token] = self.strength
+        return SimpleNamespace(logits=logits)
+
+
+def test_ancestral_sampler_is_the_default_keeps_xt_and_ends_greedy(tiny_tok):
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    A, steps, tok = 12, 8, 100
+    _, a0 = build_sequence(tiny_tok, "hi", A)
+    model = _Fixed(len(tiny_tok), a0, tok, strength=3.0)
+    anc = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0))
+    ren = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0,
+                            sampler="renoise"))
+    old = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0,
+                            renoise="random"))  # the older option name still works
+    assert [r.tokens for r in ren] == [r.tokens for r in old]
+    assert anc[-1].tokens == [tok] * A == ren[-1].tokens  # greedy last step
+    # the posterior keeps x_t's tokens: a token once set to `tok` stays (the model agrees),
+    # while re-noising throws predictions away again at every step
+    for prev, cur in zip(anc[:-1], anc[1:]):
+        assert all(c == tok for p, c in zip(prev.tokens, cur.tokens) if p == tok)
+    assert [r.tokens for r in anc] != [r.tokens for r in ren]
+
+
+def test_duo_sampler_bad_options(tiny_tok):
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    _, a0 = build_sequence(tiny_tok, "hi", 4)
+    model = _Fixed(len(tiny_tok), a0, 100, 3.0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", sampler="psi"))
+    with pytest.raises(ValueError, match="belongs to sampler='renoise'"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", sampler="ancestral",
+                          renoise="random"))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", steps=0))
+    with pytest.raises(ValueError, match="options of strategy='duo'"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "llada", sampler="ancestral"))
