@@ -56,6 +56,7 @@ REMASKING = ("low_confidence", "random")
 REMASK_CHECK = ("masked", "visible")
 CACHE_REFRESH = ("block", "step")
 RENOISE = ("random", "confidence")
+SAMPLERS = duo.SAMPLERS                       # duo: ("ancestral", "renoise")
 
 
 @dataclass
@@ -297,21 +298,40 @@ def _duo_noise_levels(steps: int, V: int) -> tuple[float, ...]:
 
 
 class _Duo:
-    """Duo's uniform-state sampler: predict the clean answer, re-noise it to the next
-    lower noise level, and repeat; the last step keeps the prediction itself.
+    """Duo's uniform-state sampler. Tokens live in ``allowed`` (bool (V,): every id but the
+    specials, [SEP] kept), V' of them; the answer starts as uniformly random tokens.
 
-    Tokens live in ``allowed`` (bool (V,): every id but the specials, [SEP] kept), V'
-    of them. The noise level after step ``k`` is set by its flip probability, which
-    falls linearly from ``(V'-1)/V'`` (pure noise) to 0:
-    ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, and ``w_k = noise_for_flip(p_k, V')``.
+    ``sampler="ancestral"`` (the paper's, the default): at step ``k`` (time ``t = 1 -
+    k/steps``), ``x_s ~ q(x_s | x_t, x_theta)``, the uniform-state posterior
+    (:func:`dllm_lesson.duo.ancestral_step`), on the training schedule
+    (:func:`dllm_lesson.duo.sampler_alphas`); the last step takes the argmax of
+    ``x_theta`` (greedy). The posterior gives ``x_t``'s own tokens extra weight.
+    ``x_theta`` follows the engine's ``temperature``: 0 (default) plugs in the one-hot of
+    the argmax prediction (which positions move stays random, what they move to is the
+    model's best guess); ``T > 0`` the model's distribution ``softmax(logits / T)``
+    (``T = 1``: the paper's sampler exactly).
+
+    ``sampler="renoise"`` (the seed's): predict the clean answer, then re-noise the
+    prediction to the next lower noise level, ignoring ``x_t``; the last step keeps the
+    prediction. The flip probability after step ``k`` falls linearly from ``(V'-1)/V'``
+    to 0: ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, ``w_k = noise_for_flip(p_k, V')``.
+    ``renoise="random"``: the Gaussian-argmax corruption (random positions);
+    ``"confidence"``: the same number of random tokens on the least confident positions.
+
+    The loop hands it each pass's logits of its row as ``self.logits`` (W, V).
     """
 
-    def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random"):
-        self.renoise = renoise
+    def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random",
+                 sampler: str = "renoise", temperature: float = 0.0):
+        self.renoise, self.sampler, self.temperature = renoise, sampler, temperature
         self.allowed = allowed                                       # (V,) bool
         self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
         self.steps = steps
-        self.noise = list(_duo_noise_levels(steps, len(self.allowed_ids)))
+        if sampler == "renoise":
+            self.noise = list(_duo_noise_levels(steps, len(self.allowed_ids)))
+        else:
+            self.alphas = duo.sampler_alphas(steps, duo.DuoSchedule(len(self.allowed_ids)))
+        self.logits: torch.Tensor | None = None                      # last pass (W, V)
         self.previous: torch.Tensor | None = None                    # last x0_hat (A,)
         self.stable: torch.Tensor | None = None                      # run lengths (A,)
 
@@ -319,7 +339,7 @@ class _Duo:
         return k >= self.steps
 
     def flip(self, k: int) -> float:
-        """Flip probability of the answer after step ``k`` (0-based)."""
+        """Flip probability of the answer after step ``k`` (0-based), ``renoise``."""
         return _duo_flip(k, self.steps, len(self.allowed_ids))
 
     def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
@@ -334,6 +354,14 @@ class _Duo:
         self.previous = x0_hat.clone()
         if k >= self.steps - 1:                    # last step: the prediction itself
             new = x0_hat.clone()
+        elif self.sampler == "ancestral":          # x_s ~ q(x_s | x_t, x_theta)
+            alpha_t, alpha_s = self.alphas[k]
+            if self.temperature == 0:              # x_theta = the argmax prediction
+                x0_probs = torch.nn.functional.one_hot(x0_hat, len(self.allowed)).float()
+            else:                                  # x_theta = softmax(logits / T)
+                x0_probs = duo.model_probs(self.logits / self.temperature, self.allowed)
+            new = duo.ancestral_step(x0_probs, xa, alpha_s, alpha_t, self.allowed, gen,
+                                     probs=True)
         elif self.renoise == "confidence":
             # as many random tokens as the noise level implies (p_k * A), placed on the
             # positions the model is least sure of rather than on random ones
@@ -445,7 +473,7 @@ def _max_positions(model) -> int | None:
 
 def _check(model, tokenizer, answer_length, strategy, steps, block_length,
            remasking, temperature, threshold, remask_threshold, max_remask, remask_check,
-           cache, cache_refresh, renoise="random"):
+           cache, cache_refresh, renoise=None, sampler=None):
     """Every ValueError a reader may trigger through the settings, each with what to do
     instead (the prompts are checked by :func:`_sequence`)."""
     if strategy not in STRATEGIES:
@@ -463,8 +491,16 @@ def _check(model, tokenizer, answer_length, strategy, steps, block_length,
         if (steps, block_length) != (None, None) or cache is not None:
             raise ValueError("strategy 'ar' writes one token per pass, left to right: it "
                              "takes no steps, block_length or cache")
-    if renoise not in RENOISE:
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS} "
+                         "(strategy='duo')")
+    if renoise is not None and renoise not in RENOISE:
         raise ValueError(f"unknown renoise {renoise!r}: choose one of {RENOISE}")
+    if sampler == "ancestral" and renoise is not None:
+        raise ValueError(f"renoise={renoise!r} belongs to sampler='renoise' (the seed's "
+                         "predict-and-renoise); the ancestral sampler has no renoise option")
+    if strategy != "duo" and (sampler, renoise) != (None, None):
+        raise ValueError("sampler and renoise are options of strategy='duo'")
     if not isinstance(answer_length, int) or answer_length <= 0:
         raise ValueError(f"answer_length must be a positive integer, got {answer_length!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
@@ -589,8 +625,9 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
                  temperature: float = 0.0, threshold: float = 0.9,
                  remask_threshold: float = 0.9, max_remask: int = 2,
                  remask_extra_steps: int | None = None, remask_check: str = "visible",
-                 renoise: str = "random", cache: str | None = None,
-                 cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
+                 sampler: str | None = None, renoise: str | None = None,
+                 cache: str | None = None, cache_refresh: str = "block",
+                 seed: int = 0) -> Iterator[Step]:
     """Decode an answer step by step; yields one :class:`Step` per model step.
 
     prompt
@@ -620,10 +657,15 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
         threshold); ``"masked"`` from one extra pass per step in which every other
         committed token of the block is hidden and predicted again (NFE ~ 2 x steps).
         ``"duo"``: uniform-state sampler, ``steps`` (default 32), starting from random
-        tokens. ``renoise="random"`` (Duo's): each step's prediction is re-noised to the
-        next level by the Gaussian-argmax corruption, so random positions become random
+        tokens. ``sampler="ancestral"`` (the default; the Duo paper's): each step draws
+        ``x_s ~ q(x_s | x_t, x_theta)``, the uniform-state posterior, which keeps
+        ``x_t``'s tokens unless the model disagrees; the last step is greedy.
+        ``sampler="renoise"`` (the seed's predict-and-renoise): each step's prediction is
+        re-noised to the next level, ignoring ``x_t``; with ``renoise="random"`` (its
+        default) by the Gaussian-argmax corruption, so random positions become random
         tokens; ``"confidence"``: the same number of random tokens go to the positions
-        the model is least sure of.
+        the model is least sure of. Giving ``renoise`` alone implies
+        ``sampler="renoise"`` (older code keeps working).
         ``"ar"``: the autoregressive baseline (a causal LM such as ``tiny-ar``): one
         token per forward pass, left to right, stopping at the end token (taught in
         ``11_ar_vs_diffusion``).
@@ -646,7 +688,7 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
         raise ValueError("no prompts: pass a string or a non-empty list of strings")
     _check(model, tokenizer, answer_length, strategy, steps, block_length, remasking,
            temperature, threshold, remask_threshold, max_remask, remask_check, cache,
-           cache_refresh, renoise)
+           cache_refresh, renoise, sampler)
     ids, answer_start, pads, attention_mask, position_ids = _batch(
         model, tokenizer, prompts, answer_length, single)
     A = answer_length
@@ -684,8 +726,10 @@ def decode_steps(model, tokenizer, prompt: str | list[str], answer_length: int =
                  if i != tokenizer.sep_token_id and i < vocab]] = False
         banned = (~allowed).nonzero()[:, 0]
 
+        sampler = sampler or ("renoise" if renoise is not None else "ancestral")
+
         def new_policy():
-            return _Duo(allowed, planned[0], renoise)
+            return _Duo(allowed, planned[0], renoise or "random", sampler, temperature)
     elif strategy == "ar":
         end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None \
             else tokenizer.eos_token_id
@@ -751,6 +795,7 @@ def _loop(forward, x, a0, A, blocks, planned, max_steps, policies, banned, tempe
                 xa = x[r, a0:a0 + A]                                 # (A,) answer now
                 x0_hat[r, lo:hi], confidence[r, lo:hi], current_prob[r, lo:hi] = _predict(
                     logits[j], xa[lo:hi], banned, temperature, gens[r])
+                policies[r].logits = logits[j]                       # (hi - lo, V)
                 new, changed, remasked, corrected = policies[r].update(
                     xa, x0_hat[r], confidence[r], current_prob[r], bs, be, k[r],
                     planned[b], max_steps[b], gens[r])
