@@ -38,8 +38,8 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "symmetric_kl": "08_duo_loss_scaling",
     "row_scale": "08_duo_loss_scaling",
     "renoise": "09_duo_sampling",
-    "step_budget": "10_scaling_up",
-    "mfu": "10_scaling_up",
+    "step_budget": "12_scaling_up",
+    "mfu": "12_scaling_up",
 }
 
 
