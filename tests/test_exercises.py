@@ -34,7 +34,7 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "flip_probability_v2": "06_duo_gaussian_noise",
     "corrupt_tokens": "06_duo_gaussian_noise",
     "tau_schedule": "07_soft_tokens",
-    "soft_embedding": "07_soft_tokens",
+    "soft_token_loss": "07_soft_tokens",
     "symmetric_kl": "08_duo_loss_scaling",
     "row_scale": "08_duo_loss_scaling",
     "renoise": "09_duo_sampling",

@@ -32,8 +32,12 @@ def tau_written(step, total, start, end):
     return start * (end / start) ** frac
 
 
-def soft_written(w, tau, E):
-    return torch.softmax(w / tau, dim=-1) @ E
+def soft_loss_written(model, x0, w, tau, loss_mask):
+    probs = torch.softmax(w / tau, dim=-1)                          # (B, L, V)
+    embeds = probs @ model.get_input_embeddings().weight            # (B, L, H)
+    logits = model(inputs_embeds=embeds).logits                     # (B, L, V)
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (B, L)
+    return (ce * loss_mask).sum() / loss_mask.sum()
 
 
 def sym_kl_written(logits, x0, eps=1e-4):
@@ -57,7 +61,7 @@ def renoise_written(x0, flip, V, generator):
 
 
 WRITTEN = {"flip_probability_v2": flip_v2_written, "corrupt_tokens": corrupt_written,
-           "tau_schedule": tau_written, "soft_embedding": soft_written,
+           "tau_schedule": tau_written, "soft_token_loss": soft_loss_written,
            "symmetric_kl": sym_kl_written, "row_scale": row_scale_written,
            "renoise": renoise_written}
 
@@ -89,6 +93,31 @@ def _renoise_biased(x0, flip, V, generator):
     return torch.where(u < flip, (x0 + 1) % V, x0)
 
 
+def _soft_loss_hard_ids(model, x0, w, tau, loss_mask):
+    """Feeds the hard corrupted ids: right only as tau -> 0."""
+    logits = model(input_ids=w.argmax(-1)).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")[loss_mask].mean()
+
+
+def _soft_loss_tau_times(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w * tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")[loss_mask].mean()
+
+
+def _soft_loss_all_positions(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w / tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0)
+
+
+def _soft_loss_target_xt(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w / tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    ce = F.cross_entropy(logits.transpose(1, 2), w.argmax(-1), reduction="none")
+    return ce[loss_mask].mean()
+
+
 WRONG = [
     ("flip_probability_v2", lambda s: torch.special.ndtr(-(1 - s) / s)),   # no sqrt 2
     ("flip_probability_v2", lambda s: torch.special.ndtr(-s / ((1 - s) * math.sqrt(2)))),
@@ -98,8 +127,10 @@ WRONG = [
     ("corrupt_tokens", lambda x0, s, V, g: (1 - s) * x0),               # not an argmax
     ("tau_schedule", lambda step, total, a, b: a + min(step / total, 1) * (b - a)),  # lin
     ("tau_schedule", lambda step, total, a, b: a * (b / a) ** (step / total)),  # no clamp
-    ("soft_embedding", lambda w, tau, E: torch.softmax(w * tau, -1) @ E),
-    ("soft_embedding", lambda w, tau, E: F.one_hot(w.argmax(-1), w.shape[-1]).float() @ E),
+    ("soft_token_loss", _soft_loss_hard_ids),                              # argmax ids
+    ("soft_token_loss", _soft_loss_tau_times),                             # w * tau
+    ("soft_token_loss", _soft_loss_all_positions),                         # prompt too
+    ("soft_token_loss", _soft_loss_target_xt),                             # target = xt
     ("symmetric_kl", lambda logits, x0, eps: F.cross_entropy(
         logits.transpose(1, 2), x0, reduction="none")),                   # CE only
     ("symmetric_kl", lambda logits, x0, eps: 2 * F.cross_entropy(

@@ -14,7 +14,7 @@ exercise             notebook                 what you write
 flip_probability_v2  06_duo_gaussian_noise    ``Phi(-c / (s sqrt 2))`` for ``V = 2``
 corrupt_tokens       06_duo_gaussian_noise    ``argmax(c one_hot(x0) + s z)``
 tau_schedule         07_soft_tokens           log-linear annealing of ``tau``
-soft_embedding       07_soft_tokens           ``softmax(w / tau) @ E``
+soft_token_loss      07_soft_tokens           soft tokens -> embeddings -> model -> CE
 symmetric_kl         08_duo_loss_scaling      ``KL(q || p) + KL(p || q)`` per token
 row_scale            08_duo_loss_scaling      ``noise / (V clean + noise)``
 renoise              09_duo_sampling          keep with ``1 - f``, else a uniform other id
@@ -157,26 +157,58 @@ def _check_tau(candidate, reference):
                f"tau_start={start:.3g}, tau_end={end:.3g})", rtol=1e-6, atol=0.0)
 
 
-def soft_embedding(w: torch.Tensor, tau: float, embedding_weight: torch.Tensor):
-    """``softmax(w / tau) @ E``: the embedding a soft token feeds the model, ``(B, L, H)``.
+def soft_token_loss(model, x0: torch.Tensor, w: torch.Tensor, tau: float,
+                    loss_mask: torch.Tensor) -> torch.Tensor:
+    """The soft-token forward pass and its loss: a scalar.
 
-    Taught in ``07_soft_tokens``.
+    Taught in ``07_soft_tokens``. Soft tokens ``softmax(w / tau)`` ``(B, L, V)`` mix the rows
+    of the embedding matrix ``E`` ``(V, H)`` into ``inputs_embeds`` ``(B, L, H)``; the model
+    predicts ``x0`` from them; the loss is the cross-entropy of ``x0``, averaged over the
+    positions where ``loss_mask`` is True (the answer tokens). The same steps, with the
+    noise drawn and ``tau`` annealed, run inside :class:`dllm_lesson.duo.DuoObjective`.
     """
-    return duo.soft_embeddings(duo.soft_tokens(w, tau), embedding_weight)
+    E = model.get_input_embeddings().weight                               # (V, H)
+    probs = duo.soft_tokens(w, tau)                                       # (B, L, V)
+    logits = model(inputs_embeds=duo.soft_embeddings(probs, E)).logits    # (B, L, V)
+    ce = duo.cross_entropy(logits, x0)                                    # (B, L)
+    return ce[loss_mask].mean()
 
 
-@exercise("soft_embedding", "07_soft_tokens", soft_embedding)
-def _check_soft_embedding(candidate, reference):
+def _tiny_modernbert(vocab_size: int, seed: int):
+    """A random two-layer ModernBERT small enough for a check (``eval`` mode)."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    cfg = ModernBertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2,
+                           max_position_embeddings=64, pad_token_id=0, cls_token_id=1,
+                           sep_token_id=2, bos_token_id=1, eos_token_id=2,
+                           global_attn_every_n_layers=1, local_attention=16,
+                           reference_compile=False)
+    torch.manual_seed(seed)
+    return ModernBertForMaskedLM(cfg).eval()
+
+
+@exercise("soft_token_loss", "07_soft_tokens", soft_token_loss)
+def _check_soft_token_loss(candidate, reference):
     g = torch.Generator().manual_seed(70)
-    for _ in range(6):
-        B, L, V, H = 2, int(torch.randint(1, 6, (1,), generator=g)), 9, 5
-        w = torch.randn(B, L, V, generator=g)  # (B, L, V)
-        E = torch.randn(V, H, generator=g)  # (V, H)
-        tau = float(10 ** (2 * torch.rand(1, generator=g) - 1.5))  # 0.03 .. 3
-        want = reference(w, tau, E)
-        got = candidate(w.clone(), tau, E.clone())
-        _close(got, want, f"soft_embedding(w, tau={tau:.3g}, E) for w of shape "
-               f"{tuple(w.shape)}", rtol=1e-5, atol=1e-5)
+    V = 40
+    model = _tiny_modernbert(V, seed=7)
+    for tau in (1.0, 0.3, 0.05):
+        B, L = 2, int(torch.randint(4, 10, (1,), generator=g))
+        x0 = torch.randint(3, V, (B, L), generator=g)                     # (B, L)
+        w = duo.gaussian_one_hot(x0, 0.45, V, generator=g)                # (B, L, V)
+        loss_mask = torch.rand(B, L, generator=g) < 0.6                   # (B, L)
+        loss_mask[:, 0] = False                                           # the prompt
+        loss_mask[0, -1] = True                                           # never empty
+        with torch.no_grad():
+            want = reference(model, x0, w, tau, loss_mask)
+            got = candidate(model, x0.clone(), w.clone(), tau, loss_mask.clone())
+        got_t = _as_tensor(got, "soft_token_loss")
+        if got_t.numel() != 1:
+            raise AssertionError(f"soft_token_loss returned shape {tuple(got_t.shape)}; "
+                                 "return one number, the mean over loss_mask positions")
+        _close(got_t.reshape(()), want, f"soft_token_loss(model, x0, w, tau={tau}, "
+               f"loss_mask) with x0 of shape {tuple(x0.shape)}", rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
