@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -65,6 +66,17 @@ __all__ = [
     "tau_schedule",
     "uniform_posterior_logits",
 ]
+
+#: Default Gaussian log-SNR range of the course's Duo: ``gamma = gamma_min + t (gamma_max -
+#: gamma_min)``. For the tiny models' vocabulary (2780 ids noise may produce) the discrete
+#: signal ``alpha = T(alpha~)`` falls from 0.98 (t = 0) through 0.14 (t = 0.5) to 0.0075
+#: (t = 1, almost pure noise), so the sampler, which starts from pure noise, only visits
+#: levels it was trained on. (The paper uses -3.5 .. -1.75 for GPT-2's 50k ids; a larger
+#: vocabulary flips more tokens at the same gamma.)
+GAMMA_MIN, GAMMA_MAX = -3.5, 0.0
+DUO_LOSSES = ("elbo", "sym_kl", "ce")
+SAMPLERS = ("ancestral", "renoise")
+DCD_KL = ("bwd", "fwd")
 
 # How many float32 numbers we allow in one (positions, V) noise chunk: 2**22 = 16 MiB
 _CHUNK_ELEMENTS = 2**22
@@ -590,6 +602,26 @@ def row_scale(noise_weight, vocab_size: int, clean_weight=None):
     return _to_output(scale, noise_weight)
 
 
+SCALES = ("seed", "batch_mean", "none")
+
+
+def scale_mode(scale) -> str:
+    """The per-row scale setting as one of ``SCALES``: ``True`` is the seed's scale
+    (:func:`row_scale`), ``False`` none; ``"batch_mean"`` is the seed's scale divided by
+    its mean over the batch's scored tokens (same relative weights, mean 1).
+
+    Taught in ``08_duo_loss_scaling``.
+    """
+    if scale is True:
+        return "seed"
+    if scale is False or scale is None:
+        return "none"
+    if scale not in SCALES:
+        raise ValueError(f"unknown Duo loss scale {scale!r}: choose one of {SCALES} "
+                         "(or True = 'seed', False = 'none')")
+    return scale
+
+
 def _per_token_loss(logits, x0, kind: str, eps: float) -> torch.Tensor:
     if kind == "sym_kl":
         return symmetric_kl(logits, x0, eps=eps)  # (B, L)
@@ -610,9 +642,15 @@ def _row_losses(logits, x0, noise_weight, vocab_size, clean_weight, kind, scale,
     m = torch.ones_like(per_tok) if loss_mask is None else loss_mask.to(per_tok)  # (B, L)
     if m.shape != (B, L):
         raise ValueError(f"loss_mask must have shape {(B, L)}, got {tuple(m.shape)}")
-    if scale:
+    mode = scale_mode(scale)
+    if mode != "none":
         c, s = _weights(noise_weight, clean_weight, x0)  # (B, L)
-        per_tok = per_tok * (s / (vocab_size * c + s))  # noise / (V clean + noise)
+        weight = s / (vocab_size * c + s)  # noise / (V clean + noise)   (B, L)
+        if mode == "batch_mean":  # same relative weights, mean 1 over the scored tokens
+            scored = m > 0
+            mean = weight[scored].mean() if bool(scored.any()) else weight.new_tensor(1.0)
+            weight = weight / mean.clamp_min(1e-30)
+        per_tok = per_tok * weight
     count = m.sum(1)  # (B,)
     rows = (per_tok * m).sum(1) / count.clamp_min(1)  # masked mean per row   (B,)
     return rows, count > 0
@@ -823,11 +861,17 @@ class DuoObjective:
     Fields:
         vocab_size: ``V``; must equal the model's number of embedding rows (exclude
             unused or special rows with ``allowed``).
-        noise_min, noise_max: per-row noise weight ``s ~ U(noise_min, noise_max)``, clean
-            weight ``1 - s`` (seed convention). Left as None they default to
-            :func:`suggest_noise_range` (5% flips to nearly pure noise).
-        tau_start, tau_end, total_steps: the :func:`tau_schedule`.
-        loss_kind: ``"sym_kl"`` or ``"ce"``; scale: apply :func:`row_scale`.
+        loss_kind: ``"elbo"`` (the paper's: :func:`uniform_state_nelbo` with the
+            Gaussian-to-discrete :class:`DuoSchedule`), ``"sym_kl"`` (the seed's
+            :func:`symmetric_kl`) or ``"ce"``.
+        scale: for ``sym_kl`` / ``ce`` only (:func:`scale_mode`): ``"seed"`` (True) the
+            seed's :func:`row_scale`, ``"batch_mean"`` the same divided by its batch mean,
+            ``"none"`` (False). The ELBO has its own weighting: pass ``"none"``/None there.
+        noise_min, noise_max: ``sym_kl`` / ``ce``: per-row noise weight
+            ``s ~ U(noise_min, noise_max)``, clean weight ``1 - s`` (seed convention). Left
+            as None they default to :func:`suggest_noise_range`.
+        gamma_min, gamma_max: ``elbo``: the :class:`DuoSchedule` (per row ``t ~ U(0, 1)``).
+        tau_start, tau_end, total_steps: the :func:`tau_schedule` of the soft tokens.
         allowed: optional bool ``(V,)`` mask of ids noise may produce.
         sym_kl_eps: target smoothing of :func:`symmetric_kl`.
     """
@@ -839,12 +883,21 @@ class DuoObjective:
     tau_end: float = 1e-8
     total_steps: int = 500_000
     loss_kind: str = "sym_kl"
-    scale: bool = True
+    scale: bool | str | None = True
     allowed: torch.Tensor | None = None
     sym_kl_eps: float = 1e-4
+    gamma_min: float = GAMMA_MIN
+    gamma_max: float = GAMMA_MAX
 
     def __post_init__(self):
         V = _check_vocab(self.vocab_size)
+        if self.loss_kind not in DUO_LOSSES:
+            raise ValueError(f"unknown Duo loss {self.loss_kind!r}: choose one of {DUO_LOSSES}")
+        self.scale = scale_mode(self.scale)
+        if self.loss_kind == "elbo" and self.scale != "none":
+            raise ValueError("the ELBO brings its own per-token weight (-alpha'/(K alpha)); "
+                             f"scale={self.scale!r} applies to sym_kl / ce only: use "
+                             "scale='none'")
         if self.noise_min is None or self.noise_max is None:
             lo, hi = suggest_noise_range(V)
             self.noise_min = lo if self.noise_min is None else self.noise_min
@@ -854,11 +907,11 @@ class DuoObjective:
                 f"need 0 <= noise_min <= noise_max <= 1, got {self.noise_min}, "
                 f"{self.noise_max} (clean weight is 1 - noise)"
             )
-        if self.loss_kind not in ("sym_kl", "ce"):
-            raise ValueError(f"loss_kind must be 'sym_kl' or 'ce', got {self.loss_kind!r}")
         tau_schedule(0, self.total_steps, self.tau_start, self.tau_end)  # validates
         if self.allowed is not None:
             self.allowed = _check_allowed(self.allowed, V, "cpu")
+        K = V if self.allowed is None else int(self.allowed.sum())
+        self.schedule = DuoSchedule(K, self.gamma_min, self.gamma_max)
 
     def tau(self, step: int) -> float:
         """Soft-token temperature at ``step`` (:func:`tau_schedule`)."""
@@ -871,17 +924,20 @@ class DuoObjective:
         ``loss_mask`` ``(B, L)``, 1 where tokens are corrupted and scored (response tokens
         for SFT rows; defaults to the attention mask). Steps:
 
-        1. ``s_b ~ U(noise_min, noise_max)`` per row, ``c_b = 1 - s_b``;
+        1. a noise level per row: ``elbo``: ``t_b ~ U(0, 1)``, Gaussian weights
+           ``(alpha~, sigma~)`` of :class:`DuoSchedule` (variance preserving);
+           ``sym_kl`` / ``ce``: ``s_b ~ U(noise_min, noise_max)``, ``c_b = 1 - s_b``;
         2. ``w = c * one_hot(x0) + s * z`` on scored positions; the others keep their clean
-           one-hot (no noise), so the prompt stays readable;
+           one-hot (no noise), so the prompt stays readable; ``x_t = argmax(w)``;
         3. ``soft = softmax(w / tau(step))``, ``inputs_embeds = soft @ E`` (raw token
            embeddings; ModernBERT still applies its embedding norm and dropout);
         4. ``logits = model(inputs_embeds=..., attention_mask=...).logits``;
-        5. :func:`duo_loss` on the scored positions.
+        5. ``elbo``: :func:`uniform_state_nelbo` at ``alpha(t_b)``, ``alpha'(t_b)``, mean
+           over scored tokens; else :func:`duo_loss`.
 
         ``metrics`` (floats): loss, ce (unscaled, scored tokens), acc (argmax = x0 on
-        scored tokens), flip_rate (argmax(w) != x0 on scored tokens), noise (mean s), tau.
-        ``generator`` must live on the batch's device.
+        scored tokens), flip_rate (argmax(w) != x0 on scored tokens), noise (mean s, or
+        mean t for the ELBO), tau. ``generator`` must live on the batch's device.
         """
         x0 = batch["input_ids"]  # (B, L)
         B, L = x0.shape
@@ -898,29 +954,685 @@ class DuoObjective:
                 "with allowed=allowed_mask(...)"
             )
         device = x0.device
-        u = torch.rand(B, generator=generator, device=device)  # (B,)
-        s_row = self.noise_min + (self.noise_max - self.noise_min) * u  # (B,)
-        s_tok = torch.where(scored, s_row[:, None], torch.zeros_like(s_row[:, None]))
-        c_tok = 1.0 - s_tok  # clean positions: c = 1, s = 0   (B, L)
         allowed = None if self.allowed is None else self.allowed.to(device)
+        if allowed is not None:
+            scored = scored & allowed[x0]  # a target noise can never produce is not scored
+        u = torch.rand(B, generator=generator, device=device)  # (B,)
+        if self.loss_kind == "elbo":
+            t_row = u.clamp(1e-4, 1.0)
+            c_row, s_row = self.schedule.gaussian_weights(t_row)  # (B,), (B,)
+        else:
+            s_row = self.noise_min + (self.noise_max - self.noise_min) * u  # (B,)
+            c_row = 1.0 - s_row
+        s_tok = torch.where(scored, s_row[:, None], torch.zeros_like(s_row[:, None]))
+        c_tok = torch.where(scored, c_row[:, None], torch.ones_like(c_row[:, None]))
         w = gaussian_one_hot(x0, s_tok, self.vocab_size, clean_weight=c_tok,
                              generator=generator, allowed=allowed)  # (B, L, V)
         tau = self.tau(step)
         soft = soft_tokens(w, tau)  # softmax(w / tau)   (B, L, V)
         embeds = soft_embeddings(soft, E)  # soft @ E   (B, L, H)
         logits = model(inputs_embeds=embeds, attention_mask=attn).logits  # (B, L, V)
-        loss = duo_loss(logits, x0, s_row, self.vocab_size, kind=self.loss_kind,
-                        scale=self.scale, loss_mask=scored, eps=self.sym_kl_eps)
+        xt = w.argmax(-1)  # (B, L)
+        if self.loss_kind == "elbo":
+            alpha = self.schedule.alpha(t_row).to(device)[:, None]  # (B, 1)
+            dalpha = self.schedule.dalpha(t_row).to(device)[:, None]  # (B, 1)
+            per_tok = uniform_state_nelbo(logits, x0, xt, alpha, dalpha, allowed)  # (B, L)
+            n_scored = scored.sum()
+            loss = ((per_tok * scored).sum() / n_scored.clamp_min(1)
+                    if bool(n_scored > 0) else logits.sum() * 0.0)
+            noise_metric = float(t_row.mean())
+        else:
+            loss = duo_loss(logits, x0, s_row, self.vocab_size, kind=self.loss_kind,
+                            scale=self.scale, loss_mask=scored, eps=self.sym_kl_eps)
+            noise_metric = float(s_row.mean())
         with torch.no_grad():
             n = scored.sum().clamp_min(1)
-            xt = w.argmax(-1)  # (B, L)
             ce = (cross_entropy(logits, x0) * scored).sum() / n
             metrics = {
                 "loss": float(loss.detach()),
                 "ce": float(ce),
                 "acc": float(((logits.argmax(-1) == x0) & scored).sum() / n),
                 "flip_rate": float(((xt != x0) & scored).sum() / n),
-                "noise": float(s_row.mean()),
+                "noise": noise_metric,
                 "tau": tau,
             }
         return loss, metrics
+
+
+# ===========================================================================
+# The paper's Duo (Sahoo et al., ICML 2025): the uniform-state NELBO with the
+# Gaussian-to-discrete schedule, the ancestral sampler, and few-step distillation (DCD)
+# ===========================================================================
+
+
+
+def discrete_alpha(gamma, vocab_size: int):
+    """The diffusion transformation operator ``alpha = T(alpha~)``: the discrete signal
+    level of the uniform-state process seen through ``argmax``.
+
+    Taught in ``08_duo_loss_scaling``.
+
+    Gaussian latents ``w = alpha~ e_x0 + sigma~ z`` with the variance-preserving weights of
+    :func:`duo_weights` (``alpha~ = sqrt(sigmoid(-gamma))``, ``sigma~ = sqrt(sigmoid(gamma))``)
+    give ``argmax(w)`` the uniform-state marginal ``alpha e_x0 + (1 - alpha) / V``: keep
+    ``x0`` with probability ``alpha + (1 - alpha) / V``, else a uniformly random other id.
+    So ``alpha = 1 - V / (V - 1) * flip`` with ``flip`` = :func:`flip_probability` at
+    ``clean / noise = alpha~ / sigma~ = exp(-gamma / 2)``; that is the paper's integral
+    ``T(alpha~) = V / (V - 1) * [integral phi(z - alpha~/sigma~) Phi(z)^(V-1) dz - 1 / V]``.
+
+    ``gamma``: a float, list, array or tensor; returns the same kind (float64 numbers).
+    """
+    V = _check_vocab(vocab_size)
+    g = _f64(gamma)
+    f = _flip_from_ratio(torch.exp(-g / 2), V)
+    alpha = (1.0 - f * V / (V - 1)).clamp(0.0, 1.0)
+    return _to_output(alpha, gamma)
+
+
+def _dalpha_dgamma(gamma: torch.Tensor, V: int) -> torch.Tensor:
+    """``d alpha / d gamma`` by differentiating under the integral (float64 tensor)."""
+    r = torch.exp(-gamma / 2).reshape(-1, 1)  # alpha~ / sigma~   (n, 1)
+    # d P(keep) / d r = integral phi(z) (V-1) Phi(z + r)^(V-2) phi(z + r) dz
+    log_int = (math.log(V - 1) + _LOG_PHI_GRID[None, :]
+               + (V - 2) * torch.special.log_ndtr(_Z_GRID + r)
+               - 0.5 * (_Z_GRID + r) ** 2 - 0.5 * math.log(2 * math.pi))  # (n, G)
+    dkeep_dr = torch.trapezoid(torch.exp(log_int), _Z_GRID, dim=-1)  # (n,)
+    # alpha = (V P(keep) - 1) / (V - 1); dr/dgamma = -r/2
+    return (V / (V - 1) * dkeep_dr * (-r[:, 0] / 2)).reshape(gamma.shape)
+
+
+@lru_cache(maxsize=32)
+def alpha_table(vocab_size: int, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX,
+                points: int = 2001) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(gamma, alpha, dalpha/dgamma)`` on ``points`` evenly spaced log-SNRs, float64.
+
+    Taught in ``08_duo_loss_scaling``.
+
+    The integral of :func:`discrete_alpha` is computed once per vocabulary size and range
+    (cached) and then read by linear interpolation (:class:`DuoSchedule`), as the paper's
+    code tabulates it once per tokenizer. Grid spacing for the defaults: 0.00225 in gamma;
+    interpolation error below 1e-5 in alpha.
+    """
+    V = _check_vocab(vocab_size)
+    if not gamma_min < gamma_max:
+        raise ValueError(f"need gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
+    g = torch.linspace(gamma_min, gamma_max, points, dtype=torch.float64)
+    alpha = torch.as_tensor(discrete_alpha(g, V))
+    return g, alpha, _dalpha_dgamma(g, V)
+
+
+@dataclass(frozen=True)
+class DuoSchedule:
+    """Time ``t`` in [0, 1] -> Gaussian log-SNR ``gamma`` -> discrete signal ``alpha``.
+
+    Taught in ``08_duo_loss_scaling`` and ``09_duo_sampling``.
+
+    ``gamma(t) = gamma_min + t (gamma_max - gamma_min)`` (linear, as in the paper's code);
+    ``alpha(t) = T(alpha~(gamma(t)))`` (:func:`discrete_alpha`, read from
+    :func:`alpha_table`); ``dalpha(t) = d alpha / dt`` (negative: noise grows with t).
+    ``vocab_size`` is the number of ids noise may produce. Every method takes tensors of
+    any shape and returns float32 tensors of that shape on the same device.
+    """
+
+    vocab_size: int
+    gamma_min: float = GAMMA_MIN
+    gamma_max: float = GAMMA_MAX
+
+    def __post_init__(self):
+        _check_vocab(self.vocab_size)
+        if not self.gamma_min < self.gamma_max:
+            raise ValueError(f"need gamma_min < gamma_max, got {self.gamma_min}, "
+                             f"{self.gamma_max}")
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return self.gamma_min + t * (self.gamma_max - self.gamma_min)
+
+    def _read(self, t, column: int) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32)
+        table = alpha_table(int(self.vocab_size), float(self.gamma_min), float(self.gamma_max))
+        values = table[column]  # (n,)
+        pos = t.detach().double().cpu().clamp(0, 1) * (len(values) - 1)
+        lo = pos.floor().long().clamp(max=len(values) - 2)
+        frac = pos - lo
+        out = values[lo] * (1 - frac) + values[lo + 1] * frac  # linear interpolation
+        return out.to(device=t.device, dtype=torch.float32)
+
+    def alpha(self, t) -> torch.Tensor:
+        """Discrete signal level ``alpha(t)``."""
+        return self._read(t, 1)
+
+    def dalpha(self, t) -> torch.Tensor:
+        """``d alpha / dt = dalpha/dgamma * (gamma_max - gamma_min)``."""
+        return self._read(t, 2) * (self.gamma_max - self.gamma_min)
+
+    def gaussian_weights(self, t):
+        """``(alpha~, sigma~)`` of the Gaussian latents at ``t`` (:func:`duo_weights`)."""
+        return duo_weights(self.gamma(t))
+
+
+def _allowed_or_all(allowed, V: int, device) -> torch.Tensor:
+    if allowed is None:
+        return torch.ones(V, dtype=torch.bool, device=device)
+    allowed = torch.as_tensor(allowed, device=device)
+    if allowed.dtype != torch.bool or allowed.shape != (V,):
+        raise ValueError(f"allowed must be a bool tensor of shape ({V},)")
+    return allowed
+
+
+def model_probs(logits: torch.Tensor, allowed=None) -> torch.Tensor:
+    """``x_theta``: the model's clean-token distribution over the allowed ids, ``(..., V)``.
+
+    Taught in ``09_duo_sampling``. ``softmax`` of the logits with the ids noise never
+    produces (``allowed`` False: ``[MASK]``, ``[CLS]``, ...) set to probability 0.
+    """
+    V = logits.shape[-1]
+    allowed = _allowed_or_all(allowed, V, logits.device)
+    return torch.softmax(logits.float().masked_fill(~allowed, -math.inf), dim=-1)
+
+
+def uniform_state_nelbo(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha,
+                        dalpha, allowed=None) -> torch.Tensor:
+    """The uniform-state diffusion NELBO per token (UDLM, Schiff et al. 2025; Duo's
+    ``loss_type: elbo``), shape ``x0.shape``.
+
+    Taught in ``08_duo_loss_scaling``.
+
+    Forward process over the ``K`` allowed ids: ``q(x_t | x0) = alpha e_x0 + (1 - alpha)/K``
+    (times the allowed mask). Its reverse-time jump rates from ``z = x_t`` to ``y != z`` are
+    ``r(y) = -alpha' / (K alpha) * xbar_y / xbar_z`` with ``xbar = K alpha e_x0 + (1 - alpha)``;
+    the model's rates use ``xbar_theta = K alpha x_theta + (1 - alpha)`` instead
+    (``x_theta`` = :func:`model_probs`). The continuous-time ELBO's integrand is the
+    Bregman divergence of the rates::
+
+        loss = sum_{y != z} [ r_theta(y) - r(y) + r(y) log(r(y) / r_theta(y)) ]
+             = -alpha'/(K alpha) * [ K/xbar_theta_z - K/xbar_z
+                 + sum_{y != z} xbar_y/xbar_z * log(xbar_y xbar_theta_z / (xbar_z xbar_theta_y)) ]
+
+    It is >= 0 and 0 exactly when ``x_theta`` puts all its mass on ``x0``. Computed in
+    closed form: ``xbar_y`` takes two values only, so the sum needs ``sum_y log
+    xbar_theta_y`` and the entries at ``z`` and ``x0`` (no ``(..., V)`` temporaries beyond
+    ``x_theta``). ``alpha`` and ``dalpha`` (``d alpha / dt``, negative) broadcast against
+    ``x0``; any leading dims. Prior and reconstruction terms are left out (tiny here: the
+    schedule ends at alpha 0.98 and 0.002).
+    """
+    V = logits.shape[-1]
+    allowed = _allowed_or_all(allowed, V, logits.device)
+    K = int(allowed.sum())
+    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=logits.device)
+    dalpha = torch.as_tensor(dalpha, dtype=torch.float32, device=logits.device)
+    alpha, dalpha = alpha.expand(x0.shape), dalpha.expand(x0.shape)  # (...)
+    p = model_probs(logits, allowed)  # x_theta   (..., V)
+    a = alpha[..., None]
+    xbar_theta = K * a * p + (1 - a)  # (..., V)
+    log_xbt = torch.log(xbar_theta).masked_fill(~allowed, 0.0)  # (..., V)
+    S = log_xbt.sum(-1)  # sum_y log xbar_theta_y over allowed y   (...)
+    xt_l, x0_l = xt.long()[..., None], x0.long()[..., None]
+    L_z = log_xbt.gather(-1, xt_l)[..., 0]  # (...)
+    L_x = log_xbt.gather(-1, x0_l)[..., 0]  # (...)
+    xbt_z = xbar_theta.gather(-1, xt_l)[..., 0]  # (...)
+    hi = K * alpha + (1 - alpha)  # xbar at x0
+    lo = 1 - alpha  # xbar elsewhere
+    same = xt == x0
+    xbar_z = torch.where(same, hi, lo)
+    term_a = K / xbt_z - K / xbar_z
+    log_ratio = torch.log(lo) - torch.log(hi)  # log(lo / hi)
+    # z == x0: every y != z has xbar_y = lo
+    b_same = (lo / hi) * ((K - 1) * (log_ratio + L_z) - (S - L_z))
+    # z != x0: y = x0 has xbar = hi, the K - 2 others lo
+    b_diff = ((hi / lo) * (-log_ratio + L_z - L_x)
+              + (K - 2) * L_z - (S - L_z - L_x))
+    term_b = torch.where(same, b_same, b_diff)
+    return -dalpha / (K * alpha) * (term_a + term_b)
+
+
+def sample_uniform_state(x0: torch.Tensor, alpha, allowed=None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``x_t ~ alpha e_x0 + (1 - alpha) Uniform(allowed)`` directly (no Gaussian).
+
+    Taught in ``08_duo_loss_scaling``. Same distribution as ``argmax`` of the Gaussian
+    latents at the matching ``gamma`` (the duality); ``alpha`` broadcasts against ``x0``.
+    """
+    V = int(allowed.shape[0]) if allowed is not None else int(x0.max()) + 1
+    allowed = _allowed_or_all(allowed, V, x0.device)
+    ids = allowed.nonzero()[:, 0]  # (K,)
+    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=x0.device).expand(x0.shape)
+    keep = torch.rand(x0.shape, generator=generator, device=x0.device) < alpha
+    rand = ids[torch.randint(len(ids), x0.shape, generator=generator, device=x0.device)]
+    return torch.where(keep, x0, rand)
+
+
+def uniform_posterior(x0_probs: torch.Tensor, xt: torch.Tensor, alpha_s, alpha_t,
+                      allowed=None) -> torch.Tensor:
+    """``q(x_s | x_t, x0)`` of the uniform-state process, with ``x0`` given as a
+    distribution (one-hot for the true posterior, ``x_theta`` for the sampler), ``(..., V)``.
+
+    Taught in ``09_duo_sampling``.
+
+    Bayes over the ``K`` allowed ids, ``u`` = uniform on them, ``alpha_{t|s} = alpha_t /
+    alpha_s``::
+
+        q(x_s = j | x_t = i, x0) ∝ [alpha_{t|s} [i = j] + (1 - alpha_{t|s}) u_i]
+                                   * [alpha_s x0_j + (1 - alpha_s) u_j]
+
+    The first factor gives ``x_t``'s own token extra weight: unlike re-noising a
+    prediction, the sampler keeps what ``x_t`` already says unless the model disagrees.
+    (The paper's code writes the same expression out with ``x0`` plugged in linearly.)
+    ``alpha_s``, ``alpha_t`` broadcast against ``xt``; ``alpha_s >= alpha_t``.
+    """
+    V = x0_probs.shape[-1]
+    allowed = _allowed_or_all(allowed, V, x0_probs.device)
+    u = allowed.to(torch.float64) / allowed.sum()  # (V,)
+    x = x0_probs.to(torch.float64) * allowed  # (..., V)
+    a_s = torch.as_tensor(alpha_s, dtype=torch.float64, device=x.device).expand(xt.shape)
+    a_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=x.device).expand(xt.shape)
+    a_ts = (a_t / a_s.clamp_min(1e-30))[..., None]  # (..., 1)
+    hot = F.one_hot(xt.long(), V).to(torch.float64)  # (..., V)
+    u_i = u[xt.long()][..., None]  # (..., 1)
+    marg_s = a_s[..., None] * x + (1 - a_s[..., None]) * u  # q(x_s = j | x0)   (..., V)
+    trans = a_ts * hot + (1 - a_ts) * u_i  # q(x_t = i | x_s = j)   (..., V)
+    post = trans * marg_s
+    return (post / post.sum(-1, keepdim=True)).to(torch.float32)
+
+
+def ancestral_step(logits: torch.Tensor, xt: torch.Tensor, alpha_s, alpha_t, allowed=None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step of Duo's ancestral sampler: ``x_s ~ q(x_s | x_t, x_theta)``, ``xt.shape``.
+
+    Taught in ``09_duo_sampling``. ``x_theta`` = :func:`model_probs` of the logits
+    ``(..., V)``; the draw is one categorical sample per position (``generator`` seeds it).
+    """
+    post = uniform_posterior(model_probs(logits, allowed), xt, alpha_s, alpha_t, allowed)
+    flat = post.reshape(-1, post.shape[-1])
+    draw = torch.multinomial(flat, 1, generator=generator)[:, 0]
+    return draw.view(xt.shape).to(xt.dtype)
+
+
+def sampler_alphas(steps: int, schedule: DuoSchedule) -> list[tuple[float, float]]:
+    """``[(alpha_t, alpha_s), ...]`` for the ``steps`` steps of the ancestral sampler:
+    ``t_k = 1 - k / steps``, ``s = t_k - 1 / steps``, read from the training schedule (so a
+    distilled model's jumps are the ones it was trained on). The last pair has
+    ``alpha_s = 1``: the sampler takes the argmax of ``x_theta`` there (greedy last step).
+
+    Taught in ``09_duo_sampling``.
+    """
+    if not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    t = torch.tensor([1 - k / steps for k in range(steps + 1)], dtype=torch.float64)
+    a = schedule.alpha(t).tolist()
+    pairs = [(a[k], a[k + 1]) for k in range(steps)]
+    pairs[-1] = (pairs[-1][0], 1.0)
+    return pairs
+
+
+# ---------------------------------------------------------------------------
+# AdamW's eps and small gradients (08_duo_loss_scaling)
+# ---------------------------------------------------------------------------
+
+
+def gradient_eps_share(model, loss: torch.Tensor, eps: float = 1e-6) -> dict:
+    """How many gradient entries fall below AdamW's ``eps``: ``backward`` of ``loss`` into a
+    fresh gradient, then statistics over every parameter entry.
+
+    Taught in ``08_duo_loss_scaling``.
+
+    Adam divides each entry's (averaged) gradient by ``sqrt(v) + eps``; where ``|g|`` is well
+    below ``eps`` the update shrinks roughly by ``|g| / eps``: the learning rate is cut there
+    without anyone having asked. Returns ``share_below_eps`` (fraction of entries with
+    ``|g| < eps``), ``median_abs`` and ``grad_norm``. The model's ``.grad`` is cleared after.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    flat = torch.cat([g.detach().abs().reshape(-1) for g in grads if g is not None])
+    return {"share_below_eps": float((flat < eps).float().mean()),
+            "median_abs": float(flat.median()),
+            "grad_norm": float(flat.norm()),
+            "entries": int(flat.numel())}
+
+
+def duo_gradient_stats(model, batch: dict, tokenizer, settings: dict, eps: float = 1e-6,
+                       seed: int = 0) -> dict:
+    """:func:`gradient_eps_share` for several Duo loss settings on the same batch and noise.
+
+    Taught in ``08_duo_loss_scaling``. ``settings``: ``{label: {"loss_kind": ...,
+    "scale": ...}}`` (:class:`DuoObjective` fields); returns ``{label: stats}``. Measured
+    on tiny-dllm (the start of the Duo stage), batch of 16 chat rows: see
+    ``docs`` in :data:`EPS_MEASUREMENT`.
+    """
+    out = {}
+    for label, kw in settings.items():
+        obj = make_objective_for(tokenizer, **kw)
+        model.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(seed)
+        loss, _ = obj.loss(model, batch, 0, generator=gen)
+        out[label] = gradient_eps_share(model, loss, eps)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Few-step generation: Discrete Consistency Distillation (DCD)
+# ---------------------------------------------------------------------------
+
+
+def _unwrap(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def shared_noise_pair(x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                      schedule: DuoSchedule, scored: torch.Tensor, allowed=None,
+                      vocab_size: int | None = None,
+                      generator: torch.Generator | None = None):
+    """``(x_t, x_s)``: two points of ONE Gaussian trajectory, each discretised by argmax.
+
+    Taught in ``10_few_step_distillation``.
+
+    One draw ``z ~ N(0, I)`` per position; ``w_t = alpha~_t e_x0 + sigma~_t z`` and
+    ``w_s = alpha~_s e_x0 + sigma~_s z`` (weights of :class:`DuoSchedule` at the per-row
+    times ``t``, ``s`` of shape ``(B,)``); ``x = argmax(w)``. Because the noise is shared,
+    ``x_s`` is ``x_t`` with fewer flips: the deterministic (ODE-like) Gaussian path seen
+    through ``argmax``. Positions not ``scored`` keep ``x0``.
+    """
+    V = vocab_size or (int(allowed.shape[0]) if allowed is not None else int(x0.max()) + 1)
+    hot = F.one_hot(x0.long(), V).to(torch.float32)  # (B, L, V)
+    z = torch.randn(hot.shape, generator=generator, device=x0.device)  # (B, L, V)
+    out = []
+    for time in (t, s):
+        c, sd = schedule.gaussian_weights(time.to(x0.device))  # (B,), (B,)
+        w = c[:, None, None] * hot + sd[:, None, None] * z
+        if allowed is not None:
+            w = w.masked_fill(~(allowed[None, None, :] | hot.bool()), float("-inf"))
+        out.append(torch.where(scored, w.argmax(-1), x0))
+    return out[0], out[1]
+
+
+@dataclass
+class DCDObjective:
+    """Discrete Consistency Distillation (the paper's ``Distillation`` algorithm).
+
+    Taught in ``10_few_step_distillation``; used by the training core
+    (``./train_flowlm.py --objective dcd --teacher PATH``).
+
+    Each step: per row ``t ~ U(0, 1)``, shifted by the gap ``dt`` (``t <- min(t + dt, 1)``,
+    ``s = t - dt``); :func:`shared_noise_pair` gives ``x_t`` and ``x_s`` from one Gaussian
+    draw; the student (the model being trained) predicts ``x0`` from ``x_t``, the frozen
+    teacher from ``x_s`` (one step closer to clean on the same path); the loss is the KL
+    between the two predictions (``kl="bwd"``: ``KL(student || teacher)``, the paper's
+    default; ``"fwd"``: ``KL(teacher || student)``), mean over scored tokens. So the student
+    learns to say at ``t`` what the teacher says one jump later: repeated over rounds it can
+    cross ``2, 4, 8 ...`` sampler steps at once.
+
+    Rounds: every ``update_every`` steps the teacher is refreshed with the student's
+    weights (the paper copies an EMA; we copy the weights) and the gap doubles:
+    ``dt = 2**(step // update_every) / base_steps`` (capped at 1). Starting from
+    ``base_steps`` = 32, rounds 0, 1, 2, 3 teach jumps of 1/32, 1/16, 1/8, 1/4.
+
+    ``teacher``: the model to distil (a module); it is moved to the batch's device, put in
+    eval mode and never trained. A resumed run starts from a teacher refreshed with the
+    resumed student at the current round's start (the exact teacher of an interrupted
+    round is not saved).
+    """
+
+    vocab_size: int
+    teacher: torch.nn.Module
+    update_every: int = 100
+    base_steps: int = 32
+    kl: str = "bwd"
+    gamma_min: float = GAMMA_MIN
+    gamma_max: float = GAMMA_MAX
+    allowed: torch.Tensor | None = None
+
+    def __post_init__(self):
+        V = _check_vocab(self.vocab_size)
+        if self.teacher is None:
+            raise ValueError("distillation needs a teacher: pass teacher=<model>, or "
+                             "--teacher PATH (e.g. tiny-duo) to ./train_flowlm.py")
+        if self.kl not in DCD_KL:
+            raise ValueError(f"unknown DCD KL direction {self.kl!r}: choose one of {DCD_KL}")
+        if self.update_every < 1 or self.base_steps < 1:
+            raise ValueError("update_every and base_steps must be >= 1")
+        if self.allowed is not None:
+            self.allowed = _check_allowed(self.allowed, V, "cpu")
+        K = V if self.allowed is None else int(self.allowed.sum())
+        self.schedule = DuoSchedule(K, self.gamma_min, self.gamma_max)
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self._round: int | None = None
+
+    def dt(self, step: int) -> float:
+        """The round's gap in ``t``: ``2**(step // update_every) / base_steps``, at most 1."""
+        return min(2 ** (step // self.update_every) / self.base_steps, 1.0)
+
+    def _refresh(self, model, step: int) -> None:
+        rnd = step // self.update_every
+        if self._round is None and step < self.update_every:
+            self._round = rnd                      # round 0: the teacher as given
+        if self._round != rnd:                     # a new round (or a resumed run)
+            self.teacher.load_state_dict(_unwrap(model).state_dict())
+            self._round = rnd
+
+    def loss(self, model, batch: dict, step: int, generator: torch.Generator | None = None):
+        """One distillation loss: returns ``(loss, metrics)`` (as :meth:`DuoObjective.loss`).
+
+        ``metrics``: loss, dt, agree (share of scored tokens where student and teacher
+        argmax agree), acc (student argmax = x0), flip_rate (x_t != x0).
+        """
+        x0 = batch["input_ids"]  # (B, L)
+        B = x0.shape[0]
+        attn = batch.get("attention_mask")
+        attn = torch.ones_like(x0) if attn is None else attn
+        lm = batch.get("loss_mask")
+        scored = (attn if lm is None else lm).bool() & attn.bool()  # (B, L)
+        device = x0.device
+        allowed = None if self.allowed is None else self.allowed.to(device)
+        if allowed is not None:
+            scored = scored & allowed[x0]
+        self.teacher.to(device)
+        self._refresh(model, step)
+        dt = self.dt(step)
+        u = torch.rand(B, generator=generator, device=device).clamp_min(1e-4)
+        t = (u + dt).clamp(max=1.0)
+        s = t - dt
+        xt, xs = shared_noise_pair(x0, t, s, self.schedule, scored, allowed,
+                                   self.vocab_size, generator)
+        logits = model(input_ids=xt, attention_mask=attn).logits  # (B, L, V)
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=xs, attention_mask=attn).logits
+        mask = _allowed_or_all(allowed, self.vocab_size, device)  # (V,)
+        log_s = torch.log_softmax(logits.float().masked_fill(~mask, -1e9), -1)
+        log_t = torch.log_softmax(t_logits.float().masked_fill(~mask, -1e9), -1)
+        if self.kl == "bwd":
+            per_tok = (log_s.exp() * (log_s - log_t)).sum(-1)  # KL(student || teacher)
+        else:
+            per_tok = (log_t.exp() * (log_t - log_s)).sum(-1)  # KL(teacher || student)
+        n = scored.sum().clamp_min(1)
+        loss = (per_tok * scored).sum() / n
+        with torch.no_grad():
+            pred = logits.argmax(-1)
+            metrics = {"loss": float(loss.detach()), "dt": dt,
+                       "agree": float(((pred == t_logits.argmax(-1)) & scored).sum() / n),
+                       "acc": float(((pred == x0) & scored).sum() / n),
+                       "flip_rate": float(((xt != x0) & scored).sum() / n)}
+        return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# Objectives from a tokenizer (the training core and the notebooks)
+# ---------------------------------------------------------------------------
+
+
+def noise_allowed(tokenizer, vocab_size: int | None = None) -> torch.Tensor:
+    """Bool ``(V,)``: the ids Duo's noise may produce: every tokenizer id but the specials
+    (``[SEP]`` kept: answers end with it); embedding rows beyond the tokenizer excluded."""
+    V = vocab_size or len(tokenizer)
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[:len(tokenizer)] = True
+    allowed[[i for i in tokenizer.all_special_ids
+             if i != tokenizer.sep_token_id and i < V]] = False
+    return allowed
+
+
+def make_objective_for(tokenizer, vocab_size: int | None = None, objective: str = "duo",
+                       **fields):
+    """A :class:`DuoObjective` (``objective="duo"``) or :class:`DCDObjective` (``"dcd"``)
+    for a model that uses ``tokenizer``: ``vocab_size`` (default ``len(tokenizer)``) and
+    ``allowed`` (:func:`noise_allowed`) filled in; ``fields`` are the class's fields.
+
+    Taught in ``08_duo_loss_scaling`` and ``10_few_step_distillation``.
+    """
+    V = vocab_size or len(tokenizer)
+    fields.setdefault("allowed", noise_allowed(tokenizer, V))
+    if objective == "duo":
+        return DuoObjective(vocab_size=V, **fields)
+    if objective == "dcd":
+        return DCDObjective(vocab_size=V, **fields)
+    raise ValueError(f"unknown objective {objective!r}: 'duo' or 'dcd'")
+
+
+def check_duo_config(cfg) -> None:
+    """The Duo / DCD fields of a ``TrainConfig``: one clear error per bad value.
+
+    Resolves ``cfg.duo_scale``: None becomes ``"none"`` for the ELBO and ``"batch_mean"``
+    for ``sym_kl`` / ``ce`` (measured in ``08_duo_loss_scaling``: the seed's scale puts
+    ~50% of tiny-dllm's gradient entries below AdamW's eps, its batch-mean version ~1%).
+    """
+    if cfg.duo_loss not in DUO_LOSSES:
+        raise ValueError(f"unknown duo_loss {cfg.duo_loss!r}: choose one of {DUO_LOSSES}")
+    scale = cfg.duo_scale
+    if isinstance(scale, str) and scale.lower() in ("true", "false"):
+        scale = scale.lower() == "true"
+    if scale is None:
+        scale = "none" if cfg.duo_loss == "elbo" else "batch_mean"
+    scale = scale_mode(scale)
+    if cfg.duo_loss == "elbo" and scale != "none":
+        raise ValueError(f"duo_scale={cfg.duo_scale!r} applies to sym_kl / ce: the ELBO "
+                         "brings its own weighting; leave duo_scale unset (or 'none')")
+    cfg.duo_scale = scale
+    if not cfg.duo_gamma_min < cfg.duo_gamma_max:
+        raise ValueError(f"need duo_gamma_min < duo_gamma_max, got {cfg.duo_gamma_min}, "
+                         f"{cfg.duo_gamma_max}")
+    if cfg.objective == "dcd":
+        if not cfg.teacher:
+            raise ValueError("objective 'dcd' distils a trained Duo model: give it as "
+                             "teacher (./train_flowlm.py --objective dcd --teacher tiny-duo)")
+        if cfg.dcd_kl not in DCD_KL:
+            raise ValueError(f"unknown dcd_kl {cfg.dcd_kl!r}: choose one of {DCD_KL}")
+        if cfg.dcd_update_every < 1 or cfg.dcd_base_steps < 1:
+            raise ValueError("dcd_update_every and dcd_base_steps must be positive")
+
+
+def load_teacher(name: str):
+    """The teacher model for DCD: a shipped name (``tiny-duo``) or a local folder."""
+    from transformers import AutoModelForMaskedLM
+
+    from .loading import SHIPPED, model_path
+
+    path = str(model_path(name)) if name in SHIPPED else name
+    return AutoModelForMaskedLM.from_pretrained(path)
+
+
+def objective_from_config(cfg, tokenizer):
+    """The training core's Duo objective for a ``TrainConfig`` (``objective`` "duo" or
+    "dcd"): :class:`DuoObjective` or :class:`DCDObjective` over ``len(tokenizer)`` ids."""
+    check_duo_config(cfg)
+    if cfg.objective == "dcd":
+        return make_objective_for(tokenizer, objective="dcd", teacher=load_teacher(cfg.teacher),
+                                  update_every=cfg.dcd_update_every,
+                                  base_steps=cfg.dcd_base_steps, kl=cfg.dcd_kl,
+                                  gamma_min=cfg.duo_gamma_min, gamma_max=cfg.duo_gamma_max)
+    return make_objective_for(tokenizer, noise_min=cfg.noise_min, noise_max=cfg.noise_max,
+                              tau_start=cfg.tau_start, tau_end=cfg.tau_end,
+                              total_steps=cfg.max_steps, loss_kind=cfg.duo_loss,
+                              scale=cfg.duo_scale, gamma_min=cfg.duo_gamma_min,
+                              gamma_max=cfg.duo_gamma_max)
+
+
+# ---------------------------------------------------------------------------
+# Accuracy against forward passes (09_duo_sampling, 10_few_step_distillation)
+# ---------------------------------------------------------------------------
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a share ``correct / n`` (``z`` = 1.96).
+
+    Taught in ``10_few_step_distillation``. Unlike ``p ± z sqrt(p(1-p)/n)`` it stays inside
+    [0, 1] and is sensible near 0% and 100%.
+    """
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got {correct}, {n}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_by_passes(model, tokenizer, examples, steps=(1, 2, 4, 8, 16, 32),
+                       strategy: str = "duo", progress: bool = False, **options) -> list[dict]:
+    """One row per step count: exact-match accuracy with its 95% Wilson interval, forward
+    passes per answer, self-corrections per answer
+    (:func:`dllm_lesson.evaluate.evaluate_answers` does the decoding and scoring).
+
+    Taught in ``09_duo_sampling`` and ``10_few_step_distillation``. ``options`` go to the
+    decoder (``sampler="ancestral"``/``"renoise"`` for Duo, ``remasking=...`` for LLaDA).
+    """
+    from .evaluate import evaluate_answers
+
+    rows = []
+    for k in steps:
+        ev = evaluate_answers(model, tokenizer, examples, strategy=strategy, steps=k,
+                              progress=progress, **options)
+        correct = sum(ok for *_, ok in ev["rows"])
+        lo, hi = wilson_interval(correct, ev["n"])
+        rows.append({"steps": k, "accuracy": ev["accuracy"], "ci95": [lo, hi], "n": ev["n"],
+                     "mean_nfe": ev["mean_nfe"],
+                     "corrections_per_answer": ev["corrections_per_answer"],
+                     "answers_with_correction": ev["answers_with_correction"],
+                     "per_task": ev["per_task"]})
+    return rows
+
+
+def noise_level_readout(model, tokenizer, examples, times=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
+                                                         0.7, 0.8, 0.9),
+                        schedule: DuoSchedule | None = None, seed: int = 0) -> list[dict]:
+    """Can a model without a time input tell how noisy its input is? One forward pass per
+    example and time: the answer is corrupted to ``alpha(t)`` (:func:`sample_uniform_state`),
+    and we compare the true share of flipped answer tokens with the share of answer tokens
+    the model would change (its argmax differs from the token it sees).
+
+    Taught in ``09_duo_sampling``. The paper's DiT takes ``sigma = -log alpha_t`` as an
+    input; ModernBERT has no such input. Uniform-state noise leaves its level written in
+    ``x_t`` (the share of tokens that do not fit), so a model can read it off; this
+    measures how well. Returns one dict per time: ``t``, ``alpha``, ``true_flip``,
+    ``read_flip`` (means over examples) and ``abs_error`` (mean per-answer
+    ``|read - true|``).
+    """
+    from .sampling import build_sequence
+
+    schedule = schedule or DuoSchedule(int(noise_allowed(tokenizer).sum()))
+    V = model.config.vocab_size
+    allowed = noise_allowed(tokenizer, V)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in times:
+        alpha = float(schedule.alpha(torch.tensor(t)))
+        true, read = [], []
+        for ex in examples:
+            answer = tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"]
+            answer = answer + [tokenizer.sep_token_id]
+            ids, a0 = build_sequence(tokenizer, ex.prompt, len(answer))
+            x0 = torch.tensor(answer)[None]  # (1, A)
+            xt = sample_uniform_state(x0, alpha, allowed, generator=g)  # (1, A)
+            ids[0, a0:a0 + len(answer)] = xt[0]
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device)).logits[0, a0:a0 + len(answer)]
+            pred = model_probs(logits, allowed.to(logits.device)).argmax(-1).cpu()
+            true.append(float((xt[0] != x0[0]).float().mean()))
+            read.append(float((pred != xt[0]).float().mean()))
+        tt, rr = torch.tensor(true), torch.tensor(read)
+        out.append({"t": t, "alpha": alpha, "true_flip": float(tt.mean()),
+                    "read_flip": float(rr.mean()), "abs_error": float((rr - tt).abs().mean())})
+    return out

@@ -1,11 +1,12 @@
 """Find and load models: the shipped tiny ones, local folders and hub ids.
 
-The course ships three tiny ModernBERT checkpoints in Hugging Face format, so every
+The course ships four tiny ModernBERT checkpoints in Hugging Face format, so every
 notebook runs offline on a laptop CPU:
 
 * ``tiny-bert``: BERT-style masked LM (15% masking) on the offline corpus;
 * ``tiny-dllm``: ``tiny-bert`` fine-tuned as a masked diffusion LM (LLaDA), then SFT;
-* ``tiny-duo``: fine-tuned with the Duo (uniform-state / Gaussian) objective.
+* ``tiny-duo``: fine-tuned from ``tiny-dllm`` with the Duo paper's uniform-state ELBO;
+* ``tiny-duo-dcd``: ``tiny-duo`` after discrete consistency distillation (few-step Duo).
 
 They live in ``dllm_lesson/checkpoints/<name>/`` and load with the ordinary
 ``AutoModelForMaskedLM.from_pretrained(model_path(name))``. :func:`load_model` takes the
@@ -25,13 +26,14 @@ import warnings
 from pathlib import Path
 
 #: The models that ship inside the package (built by ``python -m dllm_lesson build-models``)
-SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo")
+SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd")
 
 #: One line per shipped model, for error messages and listings
 SHIPPED_DESCRIPTIONS = {
     "tiny-bert": "BERT-style masked LM, 15% masking, trained on the offline corpus",
     "tiny-dllm": "masked diffusion LM (LLaDA recipe + SFT), fine-tuned from tiny-bert",
-    "tiny-duo": "uniform-state diffusion LM (Duo objective), fine-tuned from tiny-dllm",
+    "tiny-duo": "uniform-state diffusion LM (Duo's ELBO), fine-tuned from tiny-dllm",
+    "tiny-duo-dcd": "tiny-duo distilled for few-step generation (Duo's DCD)",
 }
 
 #: Folder holding one sub-folder per shipped model. Read at call time, so tests can

@@ -53,6 +53,7 @@ REMASKING = ("low_confidence", "random")
 REMASK_CHECK = ("masked", "visible")
 CACHE_REFRESH = ("block", "step")
 RENOISE = ("random", "confidence")
+SAMPLERS = duo.SAMPLERS                       # duo: ("ancestral", "renoise")
 
 
 @dataclass
@@ -271,29 +272,48 @@ def _duo_noise_levels(steps: int, V: int) -> tuple[float, ...]:
 
 
 class _Duo:
-    """Duo's uniform-state sampler: predict the clean answer, re-noise it to the next
-    lower noise level, and repeat; the last step keeps the prediction itself.
+    """Duo's uniform-state sampler. Tokens live in ``allowed`` (bool (V,): every id but the
+    specials, [SEP] kept), V' of them; the answer starts as uniformly random tokens.
 
-    Tokens live in ``allowed`` (bool (V,): every id but the specials, [SEP] kept), V'
-    of them. The noise level after step ``k`` is set by its flip probability, which
-    falls linearly from ``(V'-1)/V'`` (pure noise) to 0:
-    ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, and ``w_k = noise_for_flip(p_k, V')``.
+    ``sampler="ancestral"`` (the paper's, the default): at step ``k`` (time ``t = 1 -
+    k/steps``), ``x_s ~ q(x_s | x_t, x_theta)``, the uniform-state posterior
+    (:func:`dllm_lesson.duo.ancestral_step`), on the training schedule
+    (:func:`dllm_lesson.duo.sampler_alphas`); the last step takes the argmax of
+    ``x_theta`` (greedy). The posterior gives ``x_t``'s own tokens extra weight.
+
+    ``sampler="renoise"`` (the seed's): predict the clean answer, then re-noise the
+    prediction to the next lower noise level, ignoring ``x_t``; the last step keeps the
+    prediction. The flip probability after step ``k`` falls linearly from ``(V'-1)/V'``
+    to 0: ``p_k = (V'-1)/V' * (1 - (k+1)/steps)``, ``w_k = noise_for_flip(p_k, V')``.
+    ``renoise="random"``: the Gaussian-argmax corruption (random positions);
+    ``"confidence"``: the same number of random tokens on the least confident positions.
+
+    ``tap(forward)`` wraps the engine's model call so the policy sees the logits.
     """
 
-    def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random"):
-        self.renoise = renoise
+    def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random",
+                 sampler: str = "renoise"):
+        self.renoise, self.sampler = renoise, sampler
         self.allowed = allowed                                       # (V,) bool
         self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
         self.steps = steps
-        self.noise = list(_duo_noise_levels(steps, len(self.allowed_ids)))
+        if sampler == "renoise":
+            self.noise = list(_duo_noise_levels(steps, len(self.allowed_ids)))
+        else:
+            self.alphas = duo.sampler_alphas(steps, duo.DuoSchedule(len(self.allowed_ids)))
+        self.logits: torch.Tensor | None = None                      # last pass (W, V)
         self.previous: torch.Tensor | None = None                    # last x0_hat (A,)
         self.stable: torch.Tensor | None = None                      # run lengths (A,)
+
+    def tap(self, forward):
+        """Wrap the model call: keep each pass's logits for the ancestral update."""
+        return _DuoTap(forward, self)
 
     def block_done(self, xa, bs, be, k):
         return k >= self.steps
 
     def flip(self, k: int) -> float:
-        """Flip probability of the answer after step ``k`` (0-based)."""
+        """Flip probability of the answer after step ``k`` (0-based), ``renoise``."""
         return _duo_flip(k, self.steps, len(self.allowed_ids))
 
     def update(self, xa, x0_hat, conf, current_prob, bs, be, k, planned, max_steps, gen):
@@ -308,6 +328,9 @@ class _Duo:
         self.previous = x0_hat.clone()
         if k >= self.steps - 1:                    # last step: the prediction itself
             new = x0_hat.clone()
+        elif self.sampler == "ancestral":          # x_s ~ q(x_s | x_t, x_theta)
+            alpha_t, alpha_s = self.alphas[k]
+            new = duo.ancestral_step(self.logits, xa, alpha_s, alpha_t, self.allowed, gen)
         elif self.renoise == "confidence":
             # as many random tokens as the noise level implies (p_k * A), placed on the
             # positions the model is least sure of rather than on random ones
@@ -324,6 +347,22 @@ class _Duo:
                               allowed=self.allowed)[0]               # (A,)
         changed = (new != xa).nonzero()[:, 0].tolist()
         return new, changed, [], corrected
+
+
+class _DuoTap:
+    """The engine's model call, unchanged, that also hands each pass's logits to the Duo
+    policy (every other attribute, e.g. ``nfe``, is the wrapped object's)."""
+
+    def __init__(self, forward, policy):
+        self._forward, self._policy = forward, policy
+
+    def __call__(self, *args, **kwargs):
+        lo, hi, logits = self._forward(*args, **kwargs)
+        self._policy.logits = logits
+        return lo, hi, logits
+
+    def __getattr__(self, name):
+        return getattr(self._forward, name)
 
 
 # -- the model, with or without a KV cache -------------------------------------------------
@@ -383,13 +422,21 @@ def _max_positions(model) -> int | None:
 
 def _check(model, tokenizer, prompt, answer_length, strategy, steps, block_length,
            remasking, temperature, threshold, remask_threshold, max_remask, remask_check,
-           cache, cache_refresh, renoise="random"):
+           cache, cache_refresh, renoise=None, sampler=None):
     """Every ValueError a reader may trigger, each with what to do instead; returns the
     starting sequence ``(input_ids (1, L), answer_start)``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
-    if renoise not in RENOISE:
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS} "
+                         "(strategy='duo')")
+    if renoise is not None and renoise not in RENOISE:
         raise ValueError(f"unknown renoise {renoise!r}: choose one of {RENOISE}")
+    if sampler == "ancestral" and renoise is not None:
+        raise ValueError(f"renoise={renoise!r} belongs to sampler='renoise' (the seed's "
+                         "predict-and-renoise); the ancestral sampler has no renoise option")
+    if strategy != "duo" and (sampler, renoise) != (None, None):
+        raise ValueError("sampler and renoise are options of strategy='duo'")
     if not isinstance(answer_length, int) or answer_length <= 0:
         raise ValueError(f"answer_length must be a positive integer, got {answer_length!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
@@ -469,8 +516,9 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
                  temperature: float = 0.0, threshold: float = 0.9,
                  remask_threshold: float = 0.9, max_remask: int = 2,
                  remask_extra_steps: int | None = None, remask_check: str = "visible",
-                 renoise: str = "random", cache: str | None = None,
-                 cache_refresh: str = "block", seed: int = 0) -> Iterator[Step]:
+                 sampler: str | None = None, renoise: str | None = None,
+                 cache: str | None = None, cache_refresh: str = "block",
+                 seed: int = 0) -> Iterator[Step]:
     """Decode an answer step by step; yields one :class:`Step` per model step.
 
     strategy
@@ -489,10 +537,15 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         threshold); ``"masked"`` from one extra pass per step in which every other
         committed token of the block is hidden and predicted again (NFE ~ 2 x steps).
         ``"duo"``: uniform-state sampler, ``steps`` (default 32), starting from random
-        tokens. ``renoise="random"`` (Duo's): each step's prediction is re-noised to the
-        next level by the Gaussian-argmax corruption, so random positions become random
+        tokens. ``sampler="ancestral"`` (the default; the Duo paper's): each step draws
+        ``x_s ~ q(x_s | x_t, x_theta)``, the uniform-state posterior, which keeps
+        ``x_t``'s tokens unless the model disagrees; the last step is greedy.
+        ``sampler="renoise"`` (the seed's predict-and-renoise): each step's prediction is
+        re-noised to the next level, ignoring ``x_t``; with ``renoise="random"`` (its
+        default) by the Gaussian-argmax corruption, so random positions become random
         tokens; ``"confidence"``: the same number of random tokens go to the positions
-        the model is least sure of.
+        the model is least sure of. Giving ``renoise`` alone implies
+        ``sampler="renoise"`` (older code keeps working).
     temperature
         0: argmax. > 0: Gumbel-max sampling in float64 (:func:`add_gumbel_noise`).
     cache
@@ -509,7 +562,7 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
     ids, answer_start = _check(model, tokenizer, prompt, answer_length, strategy, steps,
                                block_length, remasking, temperature, threshold,
                                remask_threshold, max_remask, remask_check, cache,
-                               cache_refresh, renoise)
+                               cache_refresh, renoise, sampler)
     A = answer_length
     mask_id = tokenizer.mask_token_id
     device = next(model.parameters()).device
@@ -544,7 +597,8 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
         allowed[[i for i in tokenizer.all_special_ids
                  if i != tokenizer.sep_token_id and i < vocab]] = False
         banned = (~allowed).nonzero()[:, 0]
-        policy = _Duo(allowed, planned[0], renoise)
+        sampler = sampler or ("renoise" if renoise is not None else "ancestral")
+        policy = _Duo(allowed, planned[0], renoise or "random", sampler)
     else:
         policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
                          remasking if strategy == "llada" else "low_confidence",
@@ -553,6 +607,8 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
 
     x = ids.to(device)                                               # (1, L)
     forward = _Forward(model, cache, cache_refresh, answer_start, A)
+    if strategy == "duo":
+        forward = policy.tap(forward)
     if strategy == "remask":
         policy.probe = partial(forward.probe, x, mask_id)
     return _loop(forward, x, answer_start, A, blocks, planned, max_steps, policy, banned,

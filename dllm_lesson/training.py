@@ -38,7 +38,7 @@ import torch
 
 from . import losses, noise
 
-OBJECTIVES = ("mlm", "llada", "duo")
+OBJECTIVES = ("mlm", "llada", "duo", "dcd")
 DATA_KINDS = ("text", "chat")
 # config fields that may change between a run and its resumption
 RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_checkpoints",
@@ -49,7 +49,7 @@ RESUMABLE_FIELDS = {"max_steps", "output_dir", "log_every", "save_every", "keep_
 class TrainConfig:
     """Everything a run needs. Presets are plain instances (see ``PRESETS``)."""
 
-    objective: str = "llada"          # mlm | llada | duo
+    objective: str = "llada"          # mlm | llada | duo | dcd (Duo's few-step distillation)
     model: str = "tiny-bert"          # shipped name, local folder, hub id, or "scratch"
     model_config: dict = field(default_factory=dict)  # ModernBertConfig kwargs for scratch
     tokenizer: str | None = None      # default: the model's own (course tokenizer: scratch)
@@ -77,8 +77,16 @@ class TrainConfig:
     noise_max: float = 0.6
     tau_start: float = 1e-3
     tau_end: float = 1e-8
-    duo_loss: str = "sym_kl"
-    duo_scale: bool = True
+    duo_loss: str = "elbo"            # elbo (the paper's NELBO) | sym_kl (the seed's) | ce
+    duo_scale: str | None = None      # sym_kl/ce: seed | batch_mean | none (None: batch_mean;
+    #                                   true/false = seed/none); the ELBO takes none
+    duo_gamma_min: float = -3.5       # Duo's Gaussian log-SNR range (duo.DuoSchedule)
+    duo_gamma_max: float = 0.0
+    # dcd (discrete consistency distillation, duo.DCDObjective)
+    teacher: str | None = None        # the Duo model to distil (shipped name or folder)
+    dcd_update_every: int = 100       # refresh the teacher and double the gap every N steps
+    dcd_base_steps: int = 32          # the first round's gap is 1 / dcd_base_steps
+    dcd_kl: str = "bwd"               # bwd: KL(student || teacher) | fwd
     # bookkeeping
     output_dir: str = "runs/dllm"
     seed: int = 0
@@ -102,6 +110,10 @@ class TrainConfig:
                              f"got {self.chat_template!r}")
         if not 0.0 <= self.text_mix <= 1.0:
             raise ValueError(f"text_mix must be in [0, 1], got {self.text_mix}")
+        if self.objective in ("duo", "dcd"):
+            from .duo import check_duo_config
+
+            check_duo_config(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -441,15 +453,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
                                 cfg.fill_max, cfg.seq_len, cfg.seed,
                                 acc.process_index, acc.num_processes)
     duo_objective = None
-    if cfg.objective == "duo":
-        from .duo import DuoObjective
+    if cfg.objective in ("duo", "dcd"):
+        from .duo import objective_from_config
 
-        allowed = torch.ones(len(tokenizer), dtype=torch.bool)
-        allowed[[i for i in tokenizer.all_special_ids if i != tokenizer.sep_token_id]] = False
-        duo_objective = DuoObjective(
-            vocab_size=len(tokenizer), noise_min=cfg.noise_min, noise_max=cfg.noise_max,
-            tau_start=cfg.tau_start, tau_end=cfg.tau_end, total_steps=cfg.max_steps,
-            loss_kind=cfg.duo_loss, scale=cfg.duo_scale, allowed=allowed)
+        duo_objective = objective_from_config(cfg, tokenizer)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

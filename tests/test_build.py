@@ -15,7 +15,7 @@ def test_build_models_smoke(tmp_path, capsys):
     torch.set_num_threads(1)
     work, dest = tmp_path / "work", tmp_path / "dest"
     done = build.build_models(work_dir=work, dest=dest, scale=0.001, eval_limit=2)
-    assert sorted(done) == ["tiny-bert", "tiny-dllm", "tiny-duo"]
+    assert sorted(done) == ["tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd"]
     for name in done:
         folder = dest / name
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
@@ -24,6 +24,7 @@ def test_build_models_smoke(tmp_path, capsys):
         assert json.loads((folder / "metrics.json").read_text()) == json.loads(
             json.dumps(done[name]))                           # keys become strings
     assert "heldout_entities_duo_32steps" in done["tiny-duo"]
+    assert "heldout_entities_duo_32steps" in done["tiny-duo-dcd"]
     assert "heldout_entities_greedy" in done["tiny-dllm"]
     # every stage of the recipe trained (2 steps each) and logged
     for stages in build.recipe(work, 0.001).values():
@@ -32,24 +33,21 @@ def test_build_models_smoke(tmp_path, capsys):
             assert json.loads(rows.splitlines()[-1])["step"] == 2
     capsys.readouterr()
 
-    # --reuse: tiny-duo again; tiny-bert and tiny-dllm are only loaded, the last duo
-    # stage's finished output is loaded and the first round is skipped
-    first_round = work / "tiny-duo-a" / "metrics.jsonl"
-    before = first_round.stat().st_mtime_ns
-    (work / "tiny-duo" / build.RUN_RECORD).unlink()     # a stage that left no record
-    build.build_models(("tiny-duo",), work_dir=work, dest=dest, scale=0.001, eval_limit=2,
-                       reuse=True)
+    # --reuse: tiny-duo-dcd again; tiny-dllm and tiny-duo are only loaded (tiny-duo, the
+    # teacher, is not retrained), the finished distillation stage is loaded
+    duo_run = work / "tiny-duo" / "metrics.jsonl"
+    before = duo_run.stat().st_mtime_ns
+    (work / "tiny-duo-dcd" / build.RUN_RECORD).unlink()     # a stage that left no record
+    build.build_models(("tiny-duo-dcd",), work_dir=work, dest=dest, scale=0.001,
+                       eval_limit=2, reuse=True)
     out = capsys.readouterr().out
-    assert f"reusing {work / 'tiny-dllm'}" in out
     assert f"reusing {work / 'tiny-duo'}" in out
-    assert first_round.stat().st_mtime_ns == before
-    card = (dest / "tiny-duo" / "README.md").read_text()
-    # the skipped first round: its recipe and the figures its record kept
-    assert "2 steps x batch 16, seq 128, lr 0.0005, " in card
-    assert "(stage reused from an earlier build: tiny-duo-a, on " in card
-    # the reused last round left no record: its recipe only
-    assert "lr 0.00025 (stage reused from an earlier build: tiny-duo)" in card
-    assert card.count("stage reused") == 2 and card.count("final loss") == 1
+    assert f"reusing {work / 'tiny-duo-dcd'}" in out
+    assert duo_run.stat().st_mtime_ns == before
+    card = (dest / "tiny-duo-dcd" / "README.md").read_text()
+    # the reused stage left no record: its recipe only
+    assert "`dcd` on offline chat: 2 steps x batch 16, seq 128, lr 0.0002 (stage reused " in card
+    assert card.count("stage reused") == 1 and card.count("final loss") == 0
 
 
 def test_build_ships_the_course_chat_template(tmp_path):

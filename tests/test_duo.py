@@ -485,3 +485,239 @@ def test_duo_objective_defaults_and_validation(one_thread):
         duo.DuoObjective(vocab_size=65, noise_min=0.1, noise_max=0.2).loss(
             _tiny_modernbert(), _batch(), 0
         )
+
+
+# ---------------------------------------------------------------------------
+# The paper's Duo: schedule, uniform-state NELBO, posterior, ancestral step
+# ---------------------------------------------------------------------------
+
+
+def _slow_nelbo(logits, x0, xt, alpha, dalpha, allowed):
+    """The NELBO integrand written as the sum over jumps of the rate Bregman divergence."""
+    ids = [j for j in range(logits.shape[-1]) if allowed[j]]
+    K = len(ids)
+    p = torch.softmax(logits.double().masked_fill(~allowed, -math.inf), -1)
+    out = torch.zeros(x0.shape, dtype=torch.float64)
+    for idx in np.ndindex(*x0.shape):
+        z, x = int(xt[idx]), int(x0[idx])
+        a, da = float(alpha[idx]), float(dalpha[idx])
+        xbar = {y: K * a * (y == x) + (1 - a) for y in ids}
+        xbt = {y: K * a * float(p[idx][y]) + (1 - a) for y in ids}
+        total = 0.0
+        for y in ids:
+            if y == z:
+                continue
+            r = -da / (K * a) * xbar[y] / xbar[z]  # true reverse rate z -> y
+            r_theta = -da / (K * a) * xbt[y] / xbt[z]  # model's
+            total += r_theta - r + r * math.log(r / r_theta)
+        out[idx] = total
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(V=st.integers(3, 7), seed=st.integers(0, 10_000), excluded=st.booleans())
+def test_uniform_state_nelbo_matches_slow_sum_over_jumps(V, seed, excluded):
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.ones(V, dtype=torch.bool)
+    if excluded:
+        allowed[0] = False
+    ids = allowed.nonzero()[:, 0]
+    shape = (2, 3)
+    x0 = ids[torch.randint(len(ids), shape, generator=g)]
+    xt = torch.where(torch.rand(shape, generator=g) < 0.5, x0,
+                     ids[torch.randint(len(ids), shape, generator=g)])
+    logits = 3 * torch.randn(*shape, V, generator=g)
+    alpha = 0.01 + 0.98 * torch.rand(shape, generator=g)
+    dalpha = -0.1 - 3 * torch.rand(shape, generator=g)
+    fast = duo.uniform_state_nelbo(logits, x0, xt, alpha, dalpha, allowed)
+    slow = _slow_nelbo(logits, x0, xt, alpha, dalpha, allowed)
+    assert fast.shape == shape
+    assert torch.allclose(fast.double(), slow, rtol=1e-3, atol=1e-4)
+    assert bool((fast > -1e-4).all())  # a Bregman divergence: never negative
+
+
+def test_uniform_state_nelbo_is_zero_for_the_perfect_model_and_grows_when_wrong():
+    V = 11
+    x0 = torch.tensor([[1, 2, 3, 4]])
+    xt = torch.tensor([[1, 5, 3, 7]])
+    perfect = 40 * torch.nn.functional.one_hot(x0, V).float()
+    wrong = 40 * torch.nn.functional.one_hot((x0 + 1) % V, V).float()
+    kw = dict(alpha=torch.tensor(0.3), dalpha=torch.tensor(-1.0))
+    assert duo.uniform_state_nelbo(perfect, x0, xt, **kw).abs().max() < 1e-4
+    assert bool((duo.uniform_state_nelbo(wrong, x0, xt, **kw) > 1).all())
+
+
+def test_discrete_alpha_matches_the_argmax_of_gaussian_latents():
+    V, gamma = 50, -1.0
+    alpha = duo.discrete_alpha(gamma, V)
+    c, s = duo.duo_weights(gamma)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, V, (1, 40_000), generator=g)
+    xt = duo.corrupt(x0, s, V, clean_weight=c, generator=g)
+    keep = (xt == x0).float().mean().item()
+    expected = alpha + (1 - alpha) / V
+    assert keep == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / 40_000))
+    # monotone: more gamma, less signal; ends near 1 and near 0
+    a = duo.discrete_alpha([-8.0, -3.0, 0.0, 4.0], 2780)
+    assert a[0] > 0.999 and a[3] < 1e-3 and all(np.diff(a) < 0)
+
+
+def test_schedule_table_interpolates_and_its_derivative_matches_finite_differences():
+    sched = duo.DuoSchedule(300, -3.0, 1.0)
+    t = torch.tensor([0.05, 0.3, 0.6, 0.95])
+    exact = torch.as_tensor(duo.discrete_alpha(sched.gamma(t).double(), 300)).float()
+    assert torch.allclose(sched.alpha(t), exact, atol=1e-5)
+    h = 1e-3
+    fd = (sched.alpha(t + h) - sched.alpha(t - h)) / (2 * h)
+    assert torch.allclose(sched.dalpha(t), fd, rtol=2e-3, atol=1e-4)
+    assert bool((sched.dalpha(t) < 0).all())
+    assert duo.alpha_table(300, -3.0, 1.0) is duo.alpha_table(300, -3.0, 1.0)  # cached
+
+
+def test_sample_uniform_state_keep_rate():
+    V, alpha = 20, 0.4
+    allowed = duo.allowed_mask(V, exclude=[0])
+    x0 = torch.full((1, 50_000), 5)
+    xt = duo.sample_uniform_state(x0, alpha, allowed, generator=torch.Generator().manual_seed(0))
+    keep = alpha + (1 - alpha) / 19
+    assert (xt == 5).float().mean().item() == pytest.approx(keep, abs=0.01)
+    assert int((xt == 0).sum()) == 0
+
+
+def _paper_posterior(x, xt, a_s, a_t, V):
+    """The posterior as the paper's code writes it out (full vocabulary)."""
+    a_ts = a_t / a_s
+    hot = torch.nn.functional.one_hot(xt, V).double()
+    num = (a_t * V * x * hot + (a_ts - a_t) * hot + (a_s - a_t) * x
+           + (1 - a_ts) * (1 - a_s) / V)
+    return num / (a_t * V * x.gather(-1, xt[..., None]) + (1 - a_t))
+
+
+@settings(max_examples=30, deadline=None)
+@given(V=st.integers(2, 9), seed=st.integers(0, 10_000))
+def test_uniform_posterior_matches_the_papers_closed_form_and_bayes(V, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.softmax(2 * torch.randn(3, V, generator=g, dtype=torch.float64), -1)
+    xt = torch.randint(0, V, (3,), generator=g)
+    a_t = 0.05 + 0.5 * torch.rand(3, generator=g, dtype=torch.float64)
+    a_s = a_t + (1 - a_t) * torch.rand(3, generator=g, dtype=torch.float64)
+    post = duo.uniform_posterior(x, xt, a_s, a_t).double()
+    paper = _paper_posterior(x, xt, a_s[:, None], a_t[:, None], V)
+    assert torch.allclose(post, paper, atol=1e-5)
+    assert torch.allclose(post.sum(-1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    # Bayes with one-hot x0: sum_i q(x_t = i | x0) q(x_s | x_t = i, x0) = q(x_s | x0)
+    x0 = torch.nn.functional.one_hot(torch.tensor(1 % V), V).double()
+    as_, at_ = float(a_s[0]), float(a_t[0])
+    total = torch.zeros(V, dtype=torch.float64)
+    for i in range(V):
+        q_t = at_ * float(x0[i]) + (1 - at_) / V
+        total += q_t * duo.uniform_posterior(x0[None], torch.tensor([i]), as_, at_)[0].double()
+    assert torch.allclose(total, as_ * x0 + (1 - as_) / V, atol=1e-5)
+
+
+def test_uniform_posterior_gives_xt_extra_weight_and_respects_allowed():
+    V = 6
+    allowed = duo.allowed_mask(V, exclude=[0])
+    x = torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0, 0.0]])  # model torn between 1 and 2
+    post = duo.uniform_posterior(x, torch.tensor([2]), 0.6, 0.3, allowed)
+    assert post[0, 2] > post[0, 1] > post[0, 3]  # x_t's token wins the tie
+    assert post[0, 0] == 0
+    # a greedy last step (alpha_s = 1) returns the model's distribution itself
+    last = duo.uniform_posterior(x, torch.tensor([4]), 1.0, 0.3, allowed)
+    assert torch.allclose(last, x, atol=1e-6)
+
+
+def test_ancestral_step_batched_shapes_and_seed():
+    V = 8
+    logits = torch.randn(2, 3, 5, V)  # any leading dims
+    xt = torch.randint(1, V, (2, 3, 5))
+    allowed = duo.allowed_mask(V, exclude=[0])
+    a = duo.ancestral_step(logits, xt, 0.5, 0.2, allowed, torch.Generator().manual_seed(1))
+    b = duo.ancestral_step(logits, xt, 0.5, 0.2, allowed, torch.Generator().manual_seed(1))
+    assert a.shape == xt.shape and torch.equal(a, b) and int((a == 0).sum()) == 0
+
+
+def test_sampler_alphas_rise_to_one_and_reject_bad_steps():
+    sched = duo.DuoSchedule(2780)
+    pairs = duo.sampler_alphas(4, sched)
+    assert len(pairs) == 4 and pairs[-1][1] == 1.0
+    assert all(a_t < a_s for a_t, a_s in pairs)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            duo.sampler_alphas(bad, sched)
+
+
+def test_duo_objective_bad_loss_and_scale_names():
+    with pytest.raises(ValueError, match="unknown Duo loss"):
+        duo.DuoObjective(vocab_size=50, loss_kind="elbow")
+    with pytest.raises(ValueError, match="unknown Duo loss scale"):
+        duo.DuoObjective(vocab_size=50, scale="mean")
+    with pytest.raises(ValueError, match="own per-token weight"):
+        duo.DuoObjective(vocab_size=50, loss_kind="elbo", scale="seed")
+
+
+# ---------------------------------------------------------------------------
+# The engine's duo strategy: ancestral (default) and renoise samplers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+    from dllm_lesson.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+class _Fixed(torch.nn.Module):
+    """A fake model: the same logits at every call (answer positions favour ``token``)."""
+
+    def __init__(self, V, a0, token, strength):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(vocab_size=V, max_position_embeddings=512)
+        self.a0, self.token, self.strength = a0, token, strength
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        logits[0, self.a0:, self.token] = self.strength
+        return SimpleNamespace(logits=logits)
+
+
+def test_ancestral_sampler_is_the_default_keeps_xt_and_ends_greedy(tiny_tok):
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    A, steps, tok = 12, 8, 100
+    _, a0 = build_sequence(tiny_tok, "hi", A)
+    model = _Fixed(len(tiny_tok), a0, tok, strength=3.0)
+    anc = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0))
+    ren = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0,
+                            sampler="renoise"))
+    old = list(decode_steps(model, tiny_tok, "hi", A, "duo", steps=steps, seed=0,
+                            renoise="random"))  # the older option name still works
+    assert [r.tokens for r in ren] == [r.tokens for r in old]
+    assert anc[-1].tokens == [tok] * A == ren[-1].tokens  # greedy last step
+    # the posterior keeps x_t's tokens: a token once set to `tok` stays (the model agrees),
+    # while re-noising throws predictions away again at every step
+    for prev, cur in zip(anc[:-1], anc[1:]):
+        assert all(c == tok for p, c in zip(prev.tokens, cur.tokens) if p == tok)
+    assert [r.tokens for r in anc] != [r.tokens for r in ren]
+
+
+def test_duo_sampler_bad_options(tiny_tok):
+    from dllm_lesson.sampling import build_sequence, decode_steps
+
+    _, a0 = build_sequence(tiny_tok, "hi", 4)
+    model = _Fixed(len(tiny_tok), a0, 100, 3.0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", sampler="psi"))
+    with pytest.raises(ValueError, match="belongs to sampler='renoise'"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", sampler="ancestral",
+                          renoise="random"))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "duo", steps=0))
+    with pytest.raises(ValueError, match="options of strategy='duo'"):
+        next(decode_steps(model, tiny_tok, "hi", 4, "llada", sampler="ancestral"))
