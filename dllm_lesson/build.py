@@ -8,10 +8,12 @@ The recipe, with fixed seeds, through the one training core (:func:`training.tra
    SFT with response-only variable masking (answers followed by ``[SEP]`` filler, so the
    model learns to stop), with a share of plain-text steps mixed in, then a second SFT
    round on the short answers at a lower learning rate;
-3. ``tiny-duo``: tiny-dllm fine-tuned with the Duo objective (Gaussian noise on one-hot
-   tokens, soft tokens with tau annealing, per-row scaled symmetric KL) on the same chat
-   data, in two rounds. (From tiny-bert, as the seed does, 1500 GPU steps gave a model
-   that ignored the prompt: 2% held-out accuracy.)
+3. ``tiny-duo``: tiny-dllm fine-tuned with the Duo paper's objective (Gaussian noise on
+   one-hot tokens on the Gaussian-to-discrete schedule, soft tokens with tau annealing,
+   the uniform-state ELBO) on the same chat data. (From tiny-bert, as the seed does, 1500
+   GPU steps gave a model that ignored the prompt: 2% held-out accuracy.)
+4. ``tiny-duo-dcd``: tiny-duo after discrete consistency distillation (few-step Duo): a
+   frozen teacher refreshed from the student every round, the step gap doubling.
 
 Every stage uses the course's chat template (``chat_template="course"``), which puts the
 answer after ``"Assistant:"`` and a space, so that an answer's first word is the same token
@@ -85,11 +87,11 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
                       output_dir=str(work / "tiny-duo"), **common)
     # few-step generation: discrete consistency distillation of tiny-duo into itself. The
     # teacher (tiny-duo, then the student's own weights) is refreshed every 80 steps and
-    # the gap doubles: 1/32, 1/16, 1/8, 1/4 of the time axis (a 4-step sampler's jump)
+    # the gap doubles: 1/16, 1/8, 1/4 of the time axis (the last: a 4-step sampler's jump)
     dcd = TrainConfig(objective="dcd", model=str(work / "tiny-duo"),
                       teacher=str(work / "tiny-duo"), data="chat", text_mix=0.0, seq_len=128,
                       batch_size=16, lr=2e-4, warmup_steps=n(10), min_lr_ratio=1.0,
-                      max_steps=n(320), dcd_update_every=n(80), dcd_base_steps=32,
+                      max_steps=n(240), dcd_update_every=n(80), dcd_base_steps=16,
                       fill_max=48, output_dir=str(work / "tiny-duo-dcd"), **common)
     return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft, dllm_short],
             "tiny-duo": [duo], "tiny-duo-dcd": [dcd]}

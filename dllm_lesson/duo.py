@@ -30,8 +30,20 @@ Lessons (each public function names its notebook):
 - ``09_duo_sampling``: :func:`noise_for_flip`, :func:`suggest_noise_range`,
   :func:`uniform_posterior_logits`.
 
-:class:`DuoObjective` puts the pieces together for the training core
-(``train_flowlm.py``).
+The paper's Duo (Sahoo et al., ICML 2025, "The Diffusion Duality"), beside the seed's:
+
+- ``08_duo_loss_scaling``: :func:`discrete_alpha` (the diffusion transformation operator),
+  :func:`alpha_table`, :class:`DuoSchedule`, :func:`uniform_state_nelbo` (the ELBO),
+  :func:`scale_mode` and :func:`gradient_eps_share` / :func:`duo_gradient_stats` (the
+  seed's scale against AdamW's eps);
+- ``09_duo_sampling``: :func:`model_probs`, :func:`uniform_posterior`,
+  :func:`ancestral_step`, :func:`sampler_alphas` (the ancestral sampler),
+  :func:`noise_level_readout` (does the model need a time input?);
+- ``10_few_step_distillation``: :func:`shared_noise_pair`, :class:`DCDObjective`,
+  :func:`wilson_interval`, :func:`accuracy_by_passes`.
+
+:class:`DuoObjective` and :class:`DCDObjective` put the pieces together for the training
+core (``train_flowlm.py``; :func:`objective_from_config`).
 """
 
 from __future__ import annotations
@@ -46,7 +58,27 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DCDObjective",
     "DuoObjective",
+    "DuoSchedule",
+    "accuracy_by_passes",
+    "alpha_table",
+    "ancestral_step",
+    "discrete_alpha",
+    "duo_gradient_stats",
+    "gradient_eps_share",
+    "make_objective_for",
+    "model_probs",
+    "noise_allowed",
+    "noise_level_readout",
+    "objective_from_config",
+    "sample_uniform_state",
+    "sampler_alphas",
+    "scale_mode",
+    "shared_noise_pair",
+    "uniform_posterior",
+    "uniform_state_nelbo",
+    "wilson_interval",
     "allowed_mask",
     "corrupt",
     "cross_entropy",
@@ -1295,9 +1327,14 @@ def duo_gradient_stats(model, batch: dict, tokenizer, settings: dict, eps: float
     """:func:`gradient_eps_share` for several Duo loss settings on the same batch and noise.
 
     Taught in ``08_duo_loss_scaling``. ``settings``: ``{label: {"loss_kind": ...,
-    "scale": ...}}`` (:class:`DuoObjective` fields); returns ``{label: stats}``. Measured
-    on tiny-dllm (the start of the Duo stage), batch of 16 chat rows: see
-    ``docs`` in :data:`EPS_MEASUREMENT`.
+    "scale": ...}}`` (:class:`DuoObjective` fields, ``tokenizer`` fills in the rest);
+    returns ``{label: stats}``; ``model.train()`` mode is left as found.
+
+    Measured on tiny-dllm (the start of the Duo stage), three batches of 16 chat rows (seq
+    128), noise weight U(0.1, 0.6) for sym_kl, share of entries below eps = 1e-6:
+    seed scale 50.3%, batch_mean 1.0%, unscaled 1.2%, ELBO 3.7% (gradient norms 0.01,
+    46, 40, 25: with the seed's scale the clip at 1.0 never acts; with the others it
+    always does).
     """
     out = {}
     for label, kw in settings.items():
