@@ -1268,13 +1268,17 @@ def uniform_posterior(x0_probs: torch.Tensor, xt: torch.Tensor, alpha_s, alpha_t
 
 
 def ancestral_step(logits: torch.Tensor, xt: torch.Tensor, alpha_s, alpha_t, allowed=None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None,
+                   probs: bool = False) -> torch.Tensor:
     """One step of Duo's ancestral sampler: ``x_s ~ q(x_s | x_t, x_theta)``, ``xt.shape``.
 
     Taught in ``09_duo_sampling``. ``x_theta`` = :func:`model_probs` of the logits
-    ``(..., V)``; the draw is one categorical sample per position (``generator`` seeds it).
+    ``(..., V)`` (or ``logits`` itself, a distribution, with ``probs=True``: e.g. the
+    one-hot of the argmax prediction); the draw is one categorical sample per position
+    (``generator`` seeds it).
     """
-    post = uniform_posterior(model_probs(logits, allowed), xt, alpha_s, alpha_t, allowed)
+    x0_probs = logits if probs else model_probs(logits, allowed)
+    post = uniform_posterior(x0_probs, xt, alpha_s, alpha_t, allowed)
     flat = post.reshape(-1, post.shape[-1])
     draw = torch.multinomial(flat, 1, generator=generator)[:, 0]
     return draw.view(xt.shape).to(xt.dtype)

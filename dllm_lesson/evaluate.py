@@ -170,7 +170,8 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
             opts["steps"] = k
         elif strat == "duo":
             opts["steps"] = 32
-        label = strat + (f"_{opts['steps']}steps" if "steps" in opts else "")
+        label = (strat + (f"_{opts['sampler']}" if opts.get("sampler") else "")
+                 + (f"_{opts['steps']}steps" if "steps" in opts else ""))
         for split in ("heldout_entities", "heldout_phrasings"):
             ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
                                   strategy=strat, progress=progress, **opts)
@@ -232,6 +233,9 @@ def main_eval(argv=None):
     p.add_argument("--steps", type=int, nargs="+", default=None,
                    help="sampler steps, one row per value (e.g. --steps 8 16 32): Duo "
                    "models use the duo sampler, masked models LLaDA's (equal forward passes)")
+    p.add_argument("--sampler", default=None, choices=["ancestral", "renoise"],
+                   help="Duo models: the ancestral sampler (default) or the seed's "
+                   "predict-and-renoise")
     p.add_argument("--limit", type=int, default=None, help="evaluate a fixed subsample")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -242,7 +246,8 @@ def main_eval(argv=None):
         torch.set_num_threads(args.threads)
     models = tuple(args.model or ("tiny-bert", "tiny-dllm"))
     try:
-        results = eval_table(models, args.strategy, args.limit, steps=args.steps)
+        extra = {"sampler": args.sampler} if args.sampler else {}
+        results = eval_table(models, args.strategy, args.limit, steps=args.steps, **extra)
     except ValueError as e:
         p.error(str(e))
     print(format_table(results))

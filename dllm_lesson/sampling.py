@@ -280,6 +280,10 @@ class _Duo:
     (:func:`dllm_lesson.duo.ancestral_step`), on the training schedule
     (:func:`dllm_lesson.duo.sampler_alphas`); the last step takes the argmax of
     ``x_theta`` (greedy). The posterior gives ``x_t``'s own tokens extra weight.
+    ``x_theta`` follows the engine's ``temperature``: 0 (default) plugs in the one-hot of
+    the argmax prediction (which positions move stays random, what they move to is the
+    model's best guess); ``T > 0`` the model's distribution ``softmax(logits / T)``
+    (``T = 1``: the paper's sampler exactly).
 
     ``sampler="renoise"`` (the seed's): predict the clean answer, then re-noise the
     prediction to the next lower noise level, ignoring ``x_t``; the last step keeps the
@@ -292,8 +296,8 @@ class _Duo:
     """
 
     def __init__(self, allowed: torch.Tensor, steps: int, renoise: str = "random",
-                 sampler: str = "renoise"):
-        self.renoise, self.sampler = renoise, sampler
+                 sampler: str = "renoise", temperature: float = 0.0):
+        self.renoise, self.sampler, self.temperature = renoise, sampler, temperature
         self.allowed = allowed                                       # (V,) bool
         self.allowed_ids = allowed.nonzero()[:, 0]                   # (V',)
         self.steps = steps
@@ -330,7 +334,12 @@ class _Duo:
             new = x0_hat.clone()
         elif self.sampler == "ancestral":          # x_s ~ q(x_s | x_t, x_theta)
             alpha_t, alpha_s = self.alphas[k]
-            new = duo.ancestral_step(self.logits, xa, alpha_s, alpha_t, self.allowed, gen)
+            if self.temperature == 0:              # x_theta = the argmax prediction
+                x0_probs = torch.nn.functional.one_hot(x0_hat, len(self.allowed)).float()
+            else:                                  # x_theta = softmax(logits / T)
+                x0_probs = duo.model_probs(self.logits / self.temperature, self.allowed)
+            new = duo.ancestral_step(x0_probs, xa, alpha_s, alpha_t, self.allowed, gen,
+                                     probs=True)
         elif self.renoise == "confidence":
             # as many random tokens as the noise level implies (p_k * A), placed on the
             # positions the model is least sure of rather than on random ones
@@ -598,7 +607,7 @@ def decode_steps(model, tokenizer, prompt: str, answer_length: int = 64,
                  if i != tokenizer.sep_token_id and i < vocab]] = False
         banned = (~allowed).nonzero()[:, 0]
         sampler = sampler or ("renoise" if renoise is not None else "ancestral")
-        policy = _Duo(allowed, planned[0], renoise or "random", sampler)
+        policy = _Duo(allowed, planned[0], renoise or "random", sampler, temperature)
     else:
         policy = _Unmask(mask_id, "threshold" if strategy == "threshold" else "schedule",
                          remasking if strategy == "llada" else "low_confidence",
