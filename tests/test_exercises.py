@@ -34,12 +34,14 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "flip_probability_v2": "06_duo_gaussian_noise",
     "corrupt_tokens": "06_duo_gaussian_noise",
     "tau_schedule": "07_soft_tokens",
-    "soft_embedding": "07_soft_tokens",
+    "soft_token_loss": "07_soft_tokens",
     "symmetric_kl": "08_duo_loss_scaling",
-    "row_scale": "08_duo_loss_scaling",
+    "nelbo_by_jumps": "08_duo_loss_scaling",
     "renoise": "09_duo_sampling",
-    "step_budget": "10_scaling_up",
-    "mfu": "10_scaling_up",
+    "uniform_posterior": "09_duo_sampling",
+    "dcd_pair": "10_few_step_distillation",
+    "step_budget": "12_scaling_up",
+    "mfu": "12_scaling_up",
 }
 
 

@@ -32,8 +32,12 @@ def tau_written(step, total, start, end):
     return start * (end / start) ** frac
 
 
-def soft_written(w, tau, E):
-    return torch.softmax(w / tau, dim=-1) @ E
+def soft_loss_written(model, x0, w, tau, loss_mask):
+    probs = torch.softmax(w / tau, dim=-1)                          # (B, L, V)
+    embeds = probs @ model.get_input_embeddings().weight            # (B, L, H)
+    logits = model(inputs_embeds=embeds).logits                     # (B, L, V)
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (B, L)
+    return (ce * loss_mask).sum() / loss_mask.sum()
 
 
 def sym_kl_written(logits, x0, eps=1e-4):
@@ -45,9 +49,46 @@ def sym_kl_written(logits, x0, eps=1e-4):
     return kl_qp + kl_pq
 
 
-def row_scale_written(s, V):
-    s = torch.as_tensor(s, dtype=torch.float64)
-    return s / (V * (1 - s) + s)
+def nelbo_written(x_theta, x0, xt, alpha, dalpha, swap=False, factor=None):
+    """The sum over jumps, one token at a time (``swap``/``factor``: plausible mistakes)."""
+    N, K = x_theta.shape
+    out = torch.zeros(N, dtype=torch.float64)
+    c = -dalpha / (K * alpha) if factor is None else factor
+    for n in range(N):
+        z = int(xt[n])
+        xbar = torch.full((K,), 1 - alpha, dtype=torch.float64)
+        xbar[int(x0[n])] += K * alpha
+        xbar_t = K * alpha * x_theta[n].double() + (1 - alpha)
+        for y in range(K):
+            if y == z:
+                continue
+            r, r_t = c * xbar[y] / xbar[z], c * xbar_t[y] / xbar_t[z]
+            if swap:
+                r, r_t = r_t, r
+            out[n] += r_t - r + r * torch.log(r / r_t)
+    return out
+
+
+def posterior_written(x0_probs, xt, a_s, a_t):
+    N, V = x0_probs.shape
+    out = torch.zeros(N, V, dtype=torch.float64)
+    a_ts = a_t / a_s
+    for n in range(N):
+        for j in range(V):
+            trans = a_ts * (int(xt[n]) == j) + (1 - a_ts) / V        # q(x_t | x_s = j)
+            marg = a_s * float(x0_probs[n, j]) + (1 - a_s) / V       # q(x_s = j | x0)
+            out[n, j] = trans * marg
+    return out / out.sum(-1, keepdim=True)
+
+
+def dcd_pair_written(x0, t, s, V, schedule, generator):
+    z = torch.randn(*x0.shape, V, generator=generator)               # one draw
+    hot = F.one_hot(x0, V).float()
+    pair = []
+    for time in (t, s):
+        c, sd = schedule.gaussian_weights(time)                       # (B,), (B,)
+        pair.append((c[:, None, None] * hot + sd[:, None, None] * z).argmax(-1))
+    return tuple(pair)
 
 
 def renoise_written(x0, flip, V, generator):
@@ -57,9 +98,10 @@ def renoise_written(x0, flip, V, generator):
 
 
 WRITTEN = {"flip_probability_v2": flip_v2_written, "corrupt_tokens": corrupt_written,
-           "tau_schedule": tau_written, "soft_embedding": soft_written,
-           "symmetric_kl": sym_kl_written, "row_scale": row_scale_written,
-           "renoise": renoise_written}
+           "tau_schedule": tau_written, "soft_token_loss": soft_loss_written,
+           "symmetric_kl": sym_kl_written, "nelbo_by_jumps": nelbo_written,
+           "renoise": renoise_written, "uniform_posterior": posterior_written,
+           "dcd_pair": dcd_pair_written}
 
 
 @pytest.mark.parametrize("name", sorted(WRITTEN))
@@ -89,6 +131,42 @@ def _renoise_biased(x0, flip, V, generator):
     return torch.where(u < flip, (x0 + 1) % V, x0)
 
 
+def _soft_loss_hard_ids(model, x0, w, tau, loss_mask):
+    """Feeds the hard corrupted ids: right only as tau -> 0."""
+    logits = model(input_ids=w.argmax(-1)).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")[loss_mask].mean()
+
+
+def _soft_loss_tau_times(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w * tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")[loss_mask].mean()
+
+
+def _soft_loss_all_positions(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w / tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    return F.cross_entropy(logits.transpose(1, 2), x0)
+
+
+def _soft_loss_target_xt(model, x0, w, tau, loss_mask):
+    embeds = torch.softmax(w / tau, -1) @ model.get_input_embeddings().weight
+    logits = model(inputs_embeds=embeds).logits
+    ce = F.cross_entropy(logits.transpose(1, 2), w.argmax(-1), reduction="none")
+    return ce[loss_mask].mean()
+
+
+def _dcd_two_draws(x0, t, s, V, schedule, generator):
+    """Two independent draws: x_s is not on x_t's path."""
+    hot = F.one_hot(x0, V).float()
+    pair = []
+    for time in (t, s):
+        z = torch.randn(*x0.shape, V, generator=generator)
+        c, sd = schedule.gaussian_weights(time)
+        pair.append((c[:, None, None] * hot + sd[:, None, None] * z).argmax(-1))
+    return tuple(pair)
+
+
 WRONG = [
     ("flip_probability_v2", lambda s: torch.special.ndtr(-(1 - s) / s)),   # no sqrt 2
     ("flip_probability_v2", lambda s: torch.special.ndtr(-s / ((1 - s) * math.sqrt(2)))),
@@ -98,14 +176,26 @@ WRONG = [
     ("corrupt_tokens", lambda x0, s, V, g: (1 - s) * x0),               # not an argmax
     ("tau_schedule", lambda step, total, a, b: a + min(step / total, 1) * (b - a)),  # lin
     ("tau_schedule", lambda step, total, a, b: a * (b / a) ** (step / total)),  # no clamp
-    ("soft_embedding", lambda w, tau, E: torch.softmax(w * tau, -1) @ E),
-    ("soft_embedding", lambda w, tau, E: F.one_hot(w.argmax(-1), w.shape[-1]).float() @ E),
+    ("soft_token_loss", _soft_loss_hard_ids),                              # argmax ids
+    ("soft_token_loss", _soft_loss_tau_times),                             # w * tau
+    ("soft_token_loss", _soft_loss_all_positions),                         # prompt too
+    ("soft_token_loss", _soft_loss_target_xt),                             # target = xt
     ("symmetric_kl", lambda logits, x0, eps: F.cross_entropy(
         logits.transpose(1, 2), x0, reduction="none")),                   # CE only
     ("symmetric_kl", lambda logits, x0, eps: 2 * F.cross_entropy(
         logits.transpose(1, 2), x0, reduction="none")),
-    ("row_scale", lambda s, V: s / (V * (1 - s))),                      # inf at s = 1
-    ("row_scale", lambda s, V: 1 - s / (V * (1 - s) + s)),              # the seed's comment
+    ("nelbo_by_jumps", lambda *a: nelbo_written(*a, swap=True)),          # KL reversed
+    ("nelbo_by_jumps", lambda *a: nelbo_written(*a, factor=1.0)),         # no -alpha'/(K a)
+    ("nelbo_by_jumps", lambda p, x0, xt, a, da: nelbo_written(p, x0, xt, a, -da)),  # sign
+    ("nelbo_by_jumps", lambda p, x0, xt, a, da: -torch.log(p[torch.arange(len(x0)), x0])),
+    ("uniform_posterior", lambda p, xt, a_s, a_t: a_s * p + (1 - a_s) / p.shape[-1]),  # no xt
+    ("uniform_posterior", lambda p, xt, a_s, a_t: posterior_written(p, xt, a_s, a_t * a_s)),
+    ("uniform_posterior", lambda p, xt, a_s, a_t: (a_t * F.one_hot(xt, p.shape[-1])
+                                                   + (1 - a_t) / p.shape[-1]) * p),  # no norm
+    ("dcd_pair", _dcd_two_draws),
+    ("dcd_pair", lambda x0, t, s, V, sch, g: dcd_pair_written(x0, s, t, V, sch, g)),  # swap
+    ("dcd_pair", lambda x0, t, s, V, sch, g: dcd_pair_written(
+        x0, t.mean().expand(3), s.mean().expand(3), V, sch, g)),               # one time
     ("renoise", _uniform_over_all),
     ("renoise", _flip_as_noise_weight),
     ("renoise", _renoise_biased),
@@ -124,4 +214,4 @@ def test_none_return_is_a_clear_failure():
     with pytest.raises(AssertionError, match="return"):
         run("corrupt_tokens", lambda *a: None)
     with pytest.raises(AssertionError, match="return"):
-        run("row_scale", lambda *a: None)
+        run("nelbo_by_jumps", lambda *a: None)

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["00_welcome", "01_bert_masking", "02_llada_training", "03_greedy_decoding",
              "04_block_generation_and_kv_cache", "05_remasking_and_parallel_decoding",
              "06_duo_gaussian_noise", "07_soft_tokens", "08_duo_loss_scaling",
-             "09_duo_sampling", "10_scaling_up"]
+             "09_duo_sampling", "10_few_step_distillation", "11_ar_vs_diffusion",
+             "12_scaling_up"]
 CONDA_TO_PYPI = {"pytorch": "torch"}
 
 

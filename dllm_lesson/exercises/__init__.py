@@ -14,7 +14,7 @@ In a notebook::
 ``check`` raises ``AssertionError`` with the first input where your answer differs and
 prints "passed" otherwise. Every check also runs against its reference solution in
 ``tests/test_exercises.py``. The exercises live in ``part1`` (notebooks 00-03), ``part2``
-(04, 05, 10) and ``part3`` (06-09).
+(04, 05, 12) and ``part3`` (06-10).
 """
 
 from __future__ import annotations

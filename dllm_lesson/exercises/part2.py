@@ -1,4 +1,4 @@
-"""Exercises of notebooks 04, 05 and 10: several tokens per step, blocks, KV cache windows,
+"""Exercises of notebooks 04, 05 and 12: several tokens per step, blocks, KV cache windows,
 remasking and threshold decoding, and the arithmetic of scaling up.
 
 Each exercise is a slow, obvious reference (the ``*_reference`` functions) and a checker
@@ -423,7 +423,7 @@ def _check_remask_positions(candidate, reference):
 
 
 # ---------------------------------------------------------------------------------------
-# 10_scaling_up
+# 12_scaling_up
 # ---------------------------------------------------------------------------------------
 
 
@@ -437,13 +437,13 @@ def step_budget_reference(batch_size: int, grad_accum: int, world_size: int, seq
     batch, at most ``seq_len``); ``steps_per_epoch = n_rows // rows`` whole steps in one
     pass over ``n_rows`` rows.
 
-    Taught in ``10_scaling_up``.
+    Taught in ``12_scaling_up``.
     """
     rows = batch_size * grad_accum * world_size          # the global batch
     return rows, rows * seq_len, n_rows // rows
 
 
-@exercise("step_budget", "10_scaling_up", step_budget_reference)
+@exercise("step_budget", "12_scaling_up", step_budget_reference)
 def _check_step_budget(candidate, reference):
     rng = random.Random(6)
     cases = [(8, 4, 8, 512, 939_343), (16, 1, 1, 384, 3434), (32, 1, 8, 512, 10_000)]
@@ -473,13 +473,13 @@ def mfu_reference(tokens_per_s: float, n_params: int, n_layers: int, d_model: in
     forward 2N and backward 4N; the second term: attention scores and their use), and
     ``MFU = flops_per_token * tokens_per_s / peak_flops``.
 
-    Taught in ``10_scaling_up``.
+    Taught in ``12_scaling_up``.
     """
     flops_per_token = 6 * n_params + 12 * n_layers * d_model * seq_len
     return flops_per_token * tokens_per_s / peak_flops
 
 
-@exercise("mfu", "10_scaling_up", mfu_reference)
+@exercise("mfu", "12_scaling_up", mfu_reference)
 def _check_mfu(candidate, reference):
     rng = random.Random(7)
     cases = [(54_494, 395_881_664, 28, 1024, 512, 989e12),

@@ -1,4 +1,4 @@
-"""Exercises of part 3 (Duo, notebooks 06-09): reference solutions and their checks.
+"""Exercises of part 3 (Duo, notebooks 06-10): reference solutions and their checks.
 
 Each exercise is a reference (a slow, obvious spec, or the library function itself) and a
 checker ``_check(candidate, reference)`` that draws random inputs from a seeded
@@ -14,10 +14,12 @@ exercise             notebook                 what you write
 flip_probability_v2  06_duo_gaussian_noise    ``Phi(-c / (s sqrt 2))`` for ``V = 2``
 corrupt_tokens       06_duo_gaussian_noise    ``argmax(c one_hot(x0) + s z)``
 tau_schedule         07_soft_tokens           log-linear annealing of ``tau``
-soft_embedding       07_soft_tokens           ``softmax(w / tau) @ E``
+soft_token_loss      07_soft_tokens           soft tokens -> embeddings -> model -> CE
 symmetric_kl         08_duo_loss_scaling      ``KL(q || p) + KL(p || q)`` per token
-row_scale            08_duo_loss_scaling      ``noise / (V clean + noise)``
+nelbo_by_jumps       08_duo_loss_scaling      the uniform-state NELBO, a sum over jumps
 renoise              09_duo_sampling          keep with ``1 - f``, else a uniform other id
+uniform_posterior    09_duo_sampling          ``q(x_s | x_t, x0)`` by Bayes
+dcd_pair             10_few_step_distillation ``(x_t, x_s)`` from one shared Gaussian draw
 ===================  =======================  ==========================================
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .. import duo
 from . import exercise
@@ -157,26 +160,58 @@ def _check_tau(candidate, reference):
                f"tau_start={start:.3g}, tau_end={end:.3g})", rtol=1e-6, atol=0.0)
 
 
-def soft_embedding(w: torch.Tensor, tau: float, embedding_weight: torch.Tensor):
-    """``softmax(w / tau) @ E``: the embedding a soft token feeds the model, ``(B, L, H)``.
+def soft_token_loss(model, x0: torch.Tensor, w: torch.Tensor, tau: float,
+                    loss_mask: torch.Tensor) -> torch.Tensor:
+    """The soft-token forward pass and its loss: a scalar.
 
-    Taught in ``07_soft_tokens``.
+    Taught in ``07_soft_tokens``. Soft tokens ``softmax(w / tau)`` ``(B, L, V)`` mix the rows
+    of the embedding matrix ``E`` ``(V, H)`` into ``inputs_embeds`` ``(B, L, H)``; the model
+    predicts ``x0`` from them; the loss is the cross-entropy of ``x0``, averaged over the
+    positions where ``loss_mask`` is True (the answer tokens). The same steps, with the
+    noise drawn and ``tau`` annealed, run inside :class:`dllm_lesson.duo.DuoObjective`.
     """
-    return duo.soft_embeddings(duo.soft_tokens(w, tau), embedding_weight)
+    E = model.get_input_embeddings().weight                               # (V, H)
+    probs = duo.soft_tokens(w, tau)                                       # (B, L, V)
+    logits = model(inputs_embeds=duo.soft_embeddings(probs, E)).logits    # (B, L, V)
+    ce = duo.cross_entropy(logits, x0)                                    # (B, L)
+    return ce[loss_mask].mean()
 
 
-@exercise("soft_embedding", "07_soft_tokens", soft_embedding)
-def _check_soft_embedding(candidate, reference):
+def _tiny_modernbert(vocab_size: int, seed: int):
+    """A random two-layer ModernBERT small enough for a check (``eval`` mode)."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    cfg = ModernBertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2,
+                           max_position_embeddings=64, pad_token_id=0, cls_token_id=1,
+                           sep_token_id=2, bos_token_id=1, eos_token_id=2,
+                           global_attn_every_n_layers=1, local_attention=16,
+                           reference_compile=False)
+    torch.manual_seed(seed)
+    return ModernBertForMaskedLM(cfg).eval()
+
+
+@exercise("soft_token_loss", "07_soft_tokens", soft_token_loss)
+def _check_soft_token_loss(candidate, reference):
     g = torch.Generator().manual_seed(70)
-    for _ in range(6):
-        B, L, V, H = 2, int(torch.randint(1, 6, (1,), generator=g)), 9, 5
-        w = torch.randn(B, L, V, generator=g)  # (B, L, V)
-        E = torch.randn(V, H, generator=g)  # (V, H)
-        tau = float(10 ** (2 * torch.rand(1, generator=g) - 1.5))  # 0.03 .. 3
-        want = reference(w, tau, E)
-        got = candidate(w.clone(), tau, E.clone())
-        _close(got, want, f"soft_embedding(w, tau={tau:.3g}, E) for w of shape "
-               f"{tuple(w.shape)}", rtol=1e-5, atol=1e-5)
+    V = 40
+    model = _tiny_modernbert(V, seed=7)
+    for tau in (1.0, 0.3, 0.05):
+        B, L = 2, int(torch.randint(4, 10, (1,), generator=g))
+        x0 = torch.randint(3, V, (B, L), generator=g)                     # (B, L)
+        w = duo.gaussian_one_hot(x0, 0.45, V, generator=g)                # (B, L, V)
+        loss_mask = torch.rand(B, L, generator=g) < 0.6                   # (B, L)
+        loss_mask[:, 0] = False                                           # the prompt
+        loss_mask[0, -1] = True                                           # never empty
+        with torch.no_grad():
+            want = reference(model, x0, w, tau, loss_mask)
+            got = candidate(model, x0.clone(), w.clone(), tau, loss_mask.clone())
+        got_t = _as_tensor(got, "soft_token_loss")
+        if got_t.numel() != 1:
+            raise AssertionError(f"soft_token_loss returned shape {tuple(got_t.shape)}; "
+                                 "return one number, the mean over loss_mask positions")
+        _close(got_t.reshape(()), want, f"soft_token_loss(model, x0, w, tau={tau}, "
+               f"loss_mask) with x0 of shape {tuple(x0.shape)}", rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,23 +240,38 @@ def _check_sym_kl(candidate, reference):
                rtol=1e-4, atol=1e-4)
 
 
-def row_scale(noise_weight, vocab_size: int):
-    """The seed's per-row scale ``noise / (V * clean + noise)`` with ``clean = 1 - noise``.
+def nelbo_by_jumps(x_theta: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha,
+                   dalpha) -> torch.Tensor:
+    """The uniform-state NELBO per token, ``(N,)``, every one of the ``K`` ids allowed.
 
-    Taught in ``08_duo_loss_scaling`` (the library's :func:`dllm_lesson.duo.row_scale`).
+    Taught in ``08_duo_loss_scaling`` (the library's
+    :func:`dllm_lesson.duo.uniform_state_nelbo`, computed there in closed form; here the
+    slow, obvious sum over the jumps). With ``z = xt``, ``xbar = K alpha e_x0 + (1 - alpha)``
+    and ``xbar_theta = K alpha x_theta + (1 - alpha)``, the true and the model's jump rates
+    to ``y != z`` are ``r(y) = -alpha' / (K alpha) * xbar_y / xbar_z`` and the same with
+    ``xbar_theta``; the loss is ``sum_{y != z} r_theta(y) - r(y) + r(y) log(r(y) / r_theta(y))``.
     """
-    return duo.row_scale(torch.as_tensor(noise_weight, dtype=torch.float64), vocab_size)
+    return duo.uniform_state_nelbo(x_theta.log(), x0, xt, alpha, dalpha)
 
 
-@exercise("row_scale", "08_duo_loss_scaling", row_scale)
-def _check_row_scale(candidate, reference):
+@exercise("nelbo_by_jumps", "08_duo_loss_scaling", nelbo_by_jumps)
+def _check_nelbo(candidate, reference):
     g = torch.Generator().manual_seed(80)
-    for V in (2, 7, 2788):
-        s = torch.rand(16, generator=g, dtype=torch.float64)  # (16,)
-        s[0], s[1] = 0.0, 1.0
-        _close(candidate(s.clone(), V), reference(s, V),
-               f"row_scale(noise, vocab_size={V}) for noise = {s.tolist()}",
-               rtol=1e-5, atol=1e-9)
+    for K, alpha, dalpha in ((5, 0.9, -0.3), (7, 0.5, -1.2), (12, 0.1, -0.05),
+                             (3, 0.98, -2.0)):
+        N = 24
+        x_theta = torch.softmax(2 * torch.randn(N, K, generator=g, dtype=torch.float64), -1)
+        x0 = torch.randint(0, K, (N,), generator=g)                       # (N,)
+        xt = x0.clone()
+        flip = torch.rand(N, generator=g) < 0.5                           # half: xt != x0
+        xt[flip] = (x0[flip] + torch.randint(1, K, (int(flip.sum()),), generator=g)) % K
+        x_theta[0] = 0.0
+        x_theta[0, x0[0]] = 1.0                                           # a perfect row: 0
+        x_theta = (x_theta + 1e-12) / (1 + K * 1e-12)
+        want = reference(x_theta, x0, xt, alpha, dalpha)
+        got = candidate(x_theta.clone(), x0.clone(), xt.clone(), alpha, dalpha)
+        _close(got, want, f"nelbo_by_jumps(x_theta, x0, xt, alpha={alpha}, dalpha={dalpha}) "
+               f"with K={K} ids", rtol=2e-3, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,3 +345,77 @@ def _check_renoise(candidate, reference):
         if abs(a - b) > 6 * math.sqrt(flip * (1 - flip) / (n / 2)):
             raise AssertionError(f"{where}: the first half of the positions changed "
                                  f"{a:.3f}, the second half {b:.3f}; use one flip rate")
+
+
+def uniform_posterior(x0_probs: torch.Tensor, xt: torch.Tensor, alpha_s: float,
+                      alpha_t: float) -> torch.Tensor:
+    """``q(x_s | x_t, x0)`` of the uniform-state process, ``x0`` given as a distribution
+    ``(N, V)`` (every id allowed), ``(N, V)``.
+
+    Taught in ``09_duo_sampling`` (the library's :func:`dllm_lesson.duo.uniform_posterior`):
+    Bayes, ``q(x_s = j | x_t = i, x0) ∝ q(x_t = i | x_s = j) q(x_s = j | x0)`` with
+    ``q(x_t = i | x_s = j) = alpha_{t|s} [i = j] + (1 - alpha_{t|s}) / V``,
+    ``alpha_{t|s} = alpha_t / alpha_s``, and ``q(x_s = j | x0) = alpha_s x0_j +
+    (1 - alpha_s) / V``.
+    """
+    return duo.uniform_posterior(x0_probs, xt, alpha_s, alpha_t)
+
+
+@exercise("uniform_posterior", "09_duo_sampling", uniform_posterior)
+def _check_posterior(candidate, reference):
+    g = torch.Generator().manual_seed(90)
+    for V, a_s, a_t in ((4, 0.9, 0.5), (9, 0.6, 0.1), (20, 0.3, 0.29), (6, 1.0, 0.2)):
+        N = 16
+        x0_probs = torch.softmax(3 * torch.randn(N, V, generator=g), -1)     # (N, V)
+        x0_probs[:4] = F.one_hot(torch.randint(0, V, (4,), generator=g), V).float()
+        xt = torch.randint(0, V, (N,), generator=g)                          # (N,)
+        want = reference(x0_probs, xt, a_s, a_t)
+        got = candidate(x0_probs.clone(), xt.clone(), a_s, a_t)
+        _close(got, want, f"uniform_posterior(x0_probs, xt, alpha_s={a_s}, alpha_t={a_t}) "
+               f"with V={V}", rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# 10_few_step_distillation
+# ---------------------------------------------------------------------------------------
+
+
+def dcd_pair(x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, vocab_size: int,
+             schedule, generator: torch.Generator):
+    """``(x_t, x_s)`` from ONE Gaussian draw, each discretised by ``argmax``.
+
+    Taught in ``10_few_step_distillation`` (the library's
+    :func:`dllm_lesson.duo.shared_noise_pair`). ``z = torch.randn(B, L, V,
+    generator=generator)`` once; ``(c, sd) = schedule.gaussian_weights(t)`` per row ``(B,)``;
+    ``x_t = argmax(c e_x0 + sd z)``; the same ``z`` at ``s`` gives ``x_s``.
+    """
+    scored = torch.ones_like(x0, dtype=torch.bool)
+    return duo.shared_noise_pair(x0, t, s, schedule, scored, vocab_size=vocab_size,
+                                 generator=generator)
+
+
+@exercise("dcd_pair", "10_few_step_distillation", dcd_pair)
+def _check_dcd_pair(candidate, reference):
+    g = torch.Generator().manual_seed(100)
+    for trial, V in enumerate((6, 30, 200)):
+        schedule = duo.DuoSchedule(V)
+        B, L = 3, 12
+        x0 = torch.randint(0, V, (B, L), generator=g)                        # (B, L)
+        t = 0.3 + 0.7 * torch.rand(B, generator=g)                           # (B,)
+        s = (t - torch.tensor([0.25, 0.5, 0.125])).clamp_min(0.0)            # (B,)
+        want = reference(x0, t, s, V, schedule, torch.Generator().manual_seed(trial))
+        got = candidate(x0.clone(), t.clone(), s.clone(), V, schedule,
+                        torch.Generator().manual_seed(trial))
+        if got is None or len(got) != 2:
+            raise AssertionError("dcd_pair must return the pair (x_t, x_s)")
+        where = f"dcd_pair(x0, t={t.tolist()}, s={s.tolist()}, vocab_size={V})"
+        for name, a, b in (("x_t", got[0], want[0]), ("x_s", got[1], want[1])):
+            a = torch.as_tensor(a)
+            if a.shape != b.shape:
+                raise AssertionError(f"{where}: {name} has shape {tuple(a.shape)}, expected "
+                                     f"{tuple(b.shape)}")
+            if not torch.equal(a.long(), b.long()):
+                raise AssertionError(
+                    f"{where}: {name} differs at {int((a.long() != b).sum())} positions. "
+                    "Draw z once as torch.randn(B, L, V, generator=generator), use each "
+                    "row's own weights schedule.gaussian_weights(t) and (s), and share z")
