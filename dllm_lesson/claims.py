@@ -75,18 +75,24 @@ def claim_between(value: float, low: float, high: float, sentence: str) -> None:
 
 
 # -- intervals: how sure a comparison on n questions can be -------------------------------
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% (``z = 1.96``) Wilson score interval of a proportion ``correct / n``.
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``k / n`` (``z`` = 1.96).
 
-    Taught in ``04_block_generation_and_kv_cache``.
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k / n``: unlike
+    ``p -+ 1.96 sqrt(p(1-p)/n)`` it stays inside [0, 1] and is not zero-width at 0% or
+    100% (5 of 5 right gives [0.57, 1.0], not [1, 1]). ``n = 0`` gives (0, 1).
+    Taught in ``04_block_generation_and_kv_cache``; ``eval``, ``bench`` and the Duo
+    notebooks use it too.
     """
-    if n <= 0 or not 0 <= correct <= n:
-        raise ValueError(f"wilson_interval needs 0 <= correct <= n and n > 0, got "
-                         f"correct={correct}, n={n}")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    if not (0 <= k <= n):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def paired_difference(a, b, z: float = 1.96) -> tuple[float, float, float]:

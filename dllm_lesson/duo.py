@@ -57,6 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .claims import wilson_interval
+
 __all__ = [
     "DCDObjective",
     "DuoObjective",
@@ -1593,21 +1595,6 @@ def objective_from_config(cfg, tokenizer):
 # ---------------------------------------------------------------------------
 # Accuracy against forward passes (09_duo_sampling, 10_few_step_distillation)
 # ---------------------------------------------------------------------------
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a share ``correct / n`` (``z`` = 1.96).
-
-    Taught in ``10_few_step_distillation``. Unlike ``p ± z sqrt(p(1-p)/n)`` it stays inside
-    [0, 1] and is sensible near 0% and 100%.
-    """
-    if n <= 0 or not 0 <= correct <= n:
-        raise ValueError(f"need 0 <= correct <= n and n > 0, got {correct}, {n}")
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def accuracy_by_passes(model, tokenizer, examples, steps=(1, 2, 4, 8, 16, 32),

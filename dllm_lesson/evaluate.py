@@ -6,7 +6,7 @@ functions. Taught in ``02_llada_training``.
 
 from __future__ import annotations
 
-import math
+from .claims import wilson_interval  # noqa: F401 - eval reports 95% intervals with it
 
 
 def score_answer(answer: str, keys=(), reference: str | None = None) -> bool:
@@ -36,25 +36,6 @@ def fact_score(answer: str, keys) -> float:
     if not need:
         raise ValueError("fact_score needs at least one key")
     return sum(min(answer.count(k), n) for k, n in need.items()) / sum(need.values())
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion ``k / n`` (``z`` = 1.96).
-
-    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k / n``: unlike
-    ``p -+ 1.96 sqrt(p(1-p)/n)`` it stays inside [0, 1] and is not zero-width at 0% or
-    100% (5 of 5 right gives [0.57, 1.0], not [1, 1]). ``n = 0`` gives (0, 1).
-    Taught in ``02_llada_training``.
-    """
-    if not (0 <= k <= n):
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 SHORT_TASKS = ("capital", "continent", "language", "country_of_capital", "legs", "sound",

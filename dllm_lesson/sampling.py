@@ -47,6 +47,7 @@ import torch
 
 from . import duo
 from .modernbert import ModernBert
+from .tokenizer import visible_text
 
 STRATEGIES = ("greedy", "llada", "threshold", "remask", "duo", "ar")
 #: the strategy for causal (left-to-right) LMs such as tiny-ar; the others need a masked LM
@@ -845,7 +846,8 @@ MASK_GLYPH = "_"
 
 def render(tokenizer, step: Step, colour: bool = False) -> str:
     """One answer row as text: masks as ``_`` (dim), end/special tokens hidden, new
-    tokens green and corrected ones red when ``colour``; newlines shown as ``\\n``.
+    tokens green and corrected ones red when ``colour``; newlines shown as ``\\n`` and
+    control characters as visible glyphs (:func:`dllm_lesson.tokenizer.visible_text`).
 
     Taught in ``03_greedy_decoding``.
     """
@@ -859,7 +861,7 @@ def render(tokenizer, step: Step, colour: bool = False) -> str:
         elif tok in specials:
             text, style = "", ""
         else:
-            text = tokenizer.decode([tok]).encode("unicode_escape").decode("ascii")
+            text = visible_text(tokenizer.decode([tok])).replace("\n", "\\n")
             if i == 0:   # the answer's leading space (see answer_text)
                 text = text.lstrip(" ")
             style = _RED if i in fixed else _GREEN if i in new else ""
