@@ -67,7 +67,7 @@ def test_wilson_interval_known_values():
     assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
     lo, hi = wilson_interval(190, 200)
     assert lo < 0.95 < hi and hi - lo < 0.07
-    with pytest.raises(ValueError, match="correct <= n"):
+    with pytest.raises(ValueError, match="0 <= k <= n"):
         wilson_interval(3, 2)
 
 
