@@ -721,13 +721,3 @@ def test_duo_sampler_bad_options(tiny_tok):
         next(decode_steps(model, tiny_tok, "hi", 4, "duo", steps=0))
     with pytest.raises(ValueError, match="options of strategy='duo'"):
         next(decode_steps(model, tiny_tok, "hi", 4, "llada", sampler="ancestral"))
-
-
-def test_wilson_interval_known_values_and_errors():
-    lo, hi = duo.wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = duo.wilson_interval(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    assert duo.wilson_interval(10, 10)[1] == 1.0
-    with pytest.raises(ValueError):
-        duo.wilson_interval(3, 0)
