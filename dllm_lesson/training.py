@@ -391,12 +391,16 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     config, its saved checkpoints and every other call (decoding needs all the logits)
     keep the full head. Its built-in loss is skipped for the call (ours is weighted).
     Other models compute every logit and the positions are picked after. ``model`` may be
-    wrapped (DDP, ``torch.compile``): the call goes through the wrapper.
+    wrapped (DDP, ``torch.compile``): the call goes through the wrapper. A mask of ones
+    (LLaDA pads chat rows with end tokens that are attended to) is passed as no mask: the
+    same result, and the attention kernels skip the masking.
 
     Taught in ``02_llada_training``.
     """
     from accelerate.utils import extract_model_from_parallel
 
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None       # no padding: the attention kernels run without a mask
     inner = extract_model_from_parallel(model)
     if not hasattr(inner, "sparse_prediction"):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[where]
