@@ -469,12 +469,13 @@ def test_step_budget_wrong_answers_fail():
 
 
 def test_mfu_matches_the_benchmark_numbers():
-    """benchmarks/full_preset_throughput.py measured 54,494 tokens/s and MFU 0.14 for
-    ModernBERT-large (395,881,664 parameters), seq 512, batch 32, on one H100."""
+    """Session 1's H100 run of benchmarks/full_preset_throughput.py measured 54,494
+    tokens/s and MFU 0.14 for ModernBERT-large (395,881,664 parameters), seq 512, batch 32,
+    with the textbook count the exercise teaches (6N + 12 n_layers d L per token). The
+    benchmark now counts more precisely (the decoder only where the loss reads it, the
+    sliding-window spans), so its MFU is not this formula's."""
     got = part2.mfu_reference(54_494, 395_881_664, 28, 1024, 512, 989e12)
     assert round(got, 2) == 0.14
-    text = (REPO / "benchmarks" / "full_preset_throughput.py").read_text()
-    assert "6 * n_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * L" in text
 
 
 def test_mfu_wrong_answers_fail():
