@@ -227,7 +227,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({"lr": 1e-3, "learning_rate": 1})
     with pytest.raises(ValueError, match="objective"):
-        TrainConfig(objective="ar")
+        TrainConfig(objective="gpt")   # "ar" is the causal baseline now
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(small_cfg(tmp_path / "r1", dataset=str(tmp_path / "missing.jsonl")))
     (tmp_path / "plain.jsonl").write_text('{"text": "hello"}\n')
