@@ -76,3 +76,23 @@ def tiny_modernbert_dir(tmp_path_factory, course_tokenizer):
     """
     return make_tiny_modernbert(tmp_path_factory.mktemp("tiny-modernbert"),
                                 course_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test of the session (JupyterLab's in
+    test_browser.py, the built site's in test_site.py): Playwright's sync API runs one event
+    loop, so a second ``sync_playwright()`` cannot start while the first is open."""
+    from test_browser import CHROMIUM_ARGS, SKIP_REASON, chromium_path, missing_browser_tools
+
+    why = missing_browser_tools()
+    if why:
+        pytest.skip(f"{why}: {SKIP_REASON}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

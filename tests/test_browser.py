@@ -74,21 +74,6 @@ def missing_browser_tools() -> str | None:
 SKIP_REASON = "apt-get install chromium && pip install playwright, or run .ci/run"
 
 
-@pytest.fixture(scope="session")
-def browser():
-    why = missing_browser_tools()
-    if why:
-        pytest.skip(f"{why}: {SKIP_REASON}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 # ---------------------------------------------------------------------------------------
 # JupyterLab server
 # ---------------------------------------------------------------------------------------

@@ -223,20 +223,10 @@ def serve():
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from test_browser import CHROMIUM_ARGS, SKIP_REASON, chromium_path, missing_browser_tools
-
-    why = missing_browser_tools()
-    if why:
-        pytest.skip(f"{why}: {SKIP_REASON}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+def chromium(browser):
+    """The session's one headless Chromium (``browser`` in conftest.py): a second sync
+    Playwright cannot start while the first one's event loop is running."""
+    return browser
 
 
 @dataclass
