@@ -295,10 +295,18 @@ def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
             corpus.heldout_phrasings.append(
                 Example(task, templates[ti].format(**fields), answer, keys, name, ti))
 
-    # long answers: several countries described one after another (lists never repeat)
-    by_name = {c[0]: c for c in COUNTRIES}
-    sft_ok = [c for c in by_name if c not in country_facts_out]
-    eval_ok = sorted(heldout["describe"])
+    _long_answers(rng, corpus, country_facts_out, heldout["describe"], n_describe_many,
+                  n_count)
+    corpus.pretrain = _pretrain_documents(rng, _pretrain_sentences(rng))
+    return corpus
+
+
+def _long_answers(rng: random.Random, corpus: Corpus, country_facts_out: set[str],
+                  heldout_describe: set[str], n_describe_many: int, n_count: int) -> None:
+    """Long answers (several countries described one after another; lists never repeat)
+    and counting, for both corpus versions."""
+    sft_ok = [c[0] for c in COUNTRIES if c[0] not in country_facts_out]
+    eval_ok = sorted(heldout_describe)
     seen_lists: set[tuple[str, ...]] = set()
     _describe_many(rng, sft_ok, 2, 12, corpus.sft, n_describe_many, True, seen_lists)
     # held-out long prompts: new lists of SFT countries, asked with the held-out phrasing
@@ -307,8 +315,6 @@ def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
     mixed_pool = sft_ok[: len(eval_ok) * 2] + eval_ok
     _describe_many(rng, mixed_pool, 3, 6, corpus.heldout_entities, 20, True, seen_lists)
     _counting(rng, n_count, corpus.sft, corpus.heldout_entities)
-    corpus.pretrain = _pretrain_documents(rng, _pretrain_sentences(rng))
-    return corpus
 
 
 def _describe_many(rng: random.Random, pool: list[str], n_min: int, n_max: int,
@@ -524,14 +530,8 @@ def _build_v2(seed: int, n_describe_many: int, n_count: int) -> Corpus:
                         task, q, _open_answer(task, rng, entity, pool), (), entity, ci))
 
     # long answers and counting, as in v1 (reversal countries are never described in SFT)
-    sft_ok = [c for c in by_name if c not in country_facts_out]
-    eval_ok = sorted(heldout["describe"])
-    seen_lists: set[tuple[str, ...]] = set()
-    _describe_many(rng, sft_ok, 2, 12, corpus.sft, n_describe_many, True, seen_lists)
-    _describe_many(rng, sft_ok, 10, 12, corpus.heldout_phrasings, 40, False, seen_lists)
-    mixed_pool = sft_ok[: len(eval_ok) * 2] + eval_ok
-    _describe_many(rng, mixed_pool, 3, 6, corpus.heldout_entities, 20, True, seen_lists)
-    _counting(rng, n_count, corpus.sft, corpus.heldout_entities)
+    _long_answers(rng, corpus, country_facts_out, heldout["describe"], n_describe_many,
+                  n_count)
 
     facts = [f for f in _pretrain_sentences(rng)
              if not any(f.startswith(f"{cap} is the capital") for cap in reversal_capitals)]
