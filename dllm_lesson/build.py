@@ -8,13 +8,18 @@ The recipe, with fixed seeds, through the one training core (:func:`training.tra
    SFT with response-only variable masking (answers followed by ``[SEP]`` filler, so the
    model learns to stop), with a share of plain-text steps mixed in, then a second SFT
    round on the short answers at a lower learning rate;
-3. ``tiny-duo``: tiny-dllm fine-tuned with the Duo paper's objective (Gaussian noise on
+3. ``tiny-ar``: the autoregressive baseline, a causal ModernBERT decoder of the same shape
+   trained with the next-token loss on the same text and chat data (its stages mirror
+   tiny-dllm's);
+4. ``tiny-duo``: tiny-dllm fine-tuned with the Duo paper's objective (Gaussian noise on
    one-hot tokens on the Gaussian-to-discrete schedule, soft tokens with tau annealing,
    the uniform-state ELBO) on the same chat data. (From tiny-bert, as the seed does, 1500
    GPU steps gave a model that ignored the prompt: 2% held-out accuracy.)
-4. ``tiny-duo-dcd``: tiny-duo after discrete consistency distillation (few-step Duo): a
+5. ``tiny-duo-dcd``: tiny-duo after discrete consistency distillation (few-step Duo): a
    frozen teacher refreshed from the student every round, the step gap doubling.
 
+Every stage trains on corpus v2 (``CORPUS_VERSION``); a stage's record (``build_run.json``)
+holds the corpus fingerprint, and ``--reuse`` refuses a stage trained on another corpus.
 Every stage uses the course's chat template (``chat_template="course"``), which puts the
 answer after ``"Assistant:"`` and a space, so that an answer's first word is the same token
 as in the question (``" Afghanistan"``). Until November 2026 it put the answer on a new line:
@@ -30,19 +35,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from .training import TINY_MODEL, TrainConfig, init_model, train
+from .cards import machine, model_card
+from .training import TINY_MODEL, TrainConfig, init_model, latest_checkpoint, train
 
 MODEL_FILES = ("config.json", "model.safetensors")   # shipped beside the tokenizer's files
 MODEL_CONFIG = dict(TINY_MODEL, num_hidden_layers=6, global_attn_every_n_layers=3)
 RUN_RECORD = "build_run.json"       # a stage's figures (steps, tokens, wall time, loss)
-MODELS = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd")   # in build order
+MODELS = ("tiny-bert", "tiny-dllm", "tiny-ar", "tiny-duo", "tiny-duo-dcd")  # build order
+CORPUS_VERSION = 2                  # the generated corpus every stage trains on
+#: the models each one starts from
+NEEDS = {"tiny-bert": set(), "tiny-dllm": {"tiny-bert"}, "tiny-ar": set(),
+         "tiny-duo": {"tiny-dllm"}, "tiny-duo-dcd": {"tiny-duo"}}
 
 
 def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
@@ -50,9 +59,9 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
     def n(steps):
         return max(2, int(steps * scale))
 
-    common = dict(seed=0, log_every=max(1, n(50) // 5), save_every=n(1000),
+    common = dict(seed=0, log_every=max(1, n(50) // 5), save_every=n(250),
                   mixed_precision="no",  # fp32: tiny models gain nothing from bf16
-                  chat_template="course")
+                  chat_template="course", corpus_version=CORPUS_VERSION)
     bert = TrainConfig(objective="mlm", model="scratch", model_config=MODEL_CONFIG,
                        data="text", seq_len=128, batch_size=64, lr=2e-3,
                        warmup_steps=n(100), max_steps=n(2500),
@@ -64,7 +73,10 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
     dllm_sft = TrainConfig(objective="llada", model=str(work / "tiny-dllm-text"), data="chat",
                            text_mix=0.25, seq_len=384, batch_size=64, lr=1e-3,
                            warmup_steps=n(50), max_steps=n(1500), fill_max=96,
-                           output_dir=str(work / "tiny-dllm-sft"), **common)
+                           group_by_length=True, output_dir=str(work / "tiny-dllm-sft"),
+                           **common)
+    # (group_by_length: one answer in ten is a long list or count, and without it nearly
+    # every batch of 64 is padded to one such answer: 2.4x the tokens of grouped batches)
     # a second, gentler SFT round on the short answers alone (seq 128: the longer rows are
     # skipped and counted), cheap enough for a laptop CPU. Probed on CPU from the first
     # round: 1000 steps took held-out entities from 82% to 89%; 400 more steps on every
@@ -93,123 +105,135 @@ def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
                       batch_size=16, lr=2e-4, warmup_steps=n(10), min_lr_ratio=1.0,
                       max_steps=n(240), dcd_update_every=n(80), dcd_base_steps=16,
                       fill_max=48, output_dir=str(work / "tiny-duo-dcd"), **common)
+    # the autoregressive baseline: the same shape, corpus, tokenizer and training core, a
+    # causal decoder instead of an encoder (objective "ar": next-token loss on every text
+    # token, on the answer and its end tokens in SFT). Its stages mirror tiny-dllm's: the
+    # text steps of tiny-bert and tiny-dllm-text together, then the same two SFT rounds.
+    ar_text = dataclasses.replace(bert, objective="ar", max_steps=n(3500),
+                                  output_dir=str(work / "tiny-ar-text"))
+    # (no [SEP] fill after the answer: a causal model stops at the first end token, so
+    # the fill would only add trivial targets)
+    ar_sft = dataclasses.replace(dllm_sft, objective="ar", model=str(work / "tiny-ar-text"),
+                                 fill_max=0, output_dir=str(work / "tiny-ar-sft"))
+    ar_short = dataclasses.replace(dllm_short, objective="ar", model=str(work / "tiny-ar-sft"),
+                                   fill_max=0, output_dir=str(work / "tiny-ar"))
     return {"tiny-bert": [bert], "tiny-dllm": [dllm_text, dllm_sft, dllm_short],
-            "tiny-duo": [duo], "tiny-duo-dcd": [dcd]}
+            "tiny-ar": [ar_text, ar_sft, ar_short], "tiny-duo": [duo], "tiny-duo-dcd": [dcd]}
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _machine() -> str:
-    return (f"{platform.node() or 'unknown'} "
-            f"({'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
-            f", torch {torch.__version__})")
+_FINGERPRINTS: dict = {}
 
 
-def _save_record(cfg: TrainConfig, res: dict) -> dict:
-    """Keep a finished stage's figures beside it, for the cards of later ``--reuse`` builds."""
-    rec = {k: res[k] for k in ("steps", "tokens", "seconds", "final_loss")}
-    rec["built_on"] = _machine()
-    (Path(cfg.output_dir) / RUN_RECORD).write_text(json.dumps(rec, indent=1) + "\n")
-    return rec
+def corpus_fingerprint(cfg: TrainConfig) -> str | None:
+    """The fingerprint of the generated corpus a stage trains on (None for other data)."""
+    if cfg.dataset != "offline":
+        return None
+    if cfg.corpus_version not in _FINGERPRINTS:
+        from .data import build_corpus
+
+        _FINGERPRINTS[cfg.corpus_version] = build_corpus(
+            version=cfg.corpus_version).fingerprint()
+    return _FINGERPRINTS[cfg.corpus_version]
+
+
+class StaleStage(ValueError):
+    """``--reuse`` found a stage trained on another corpus (or of unknown origin)."""
+
+
+def _record_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) / RUN_RECORD
+
+
+def _check_corpus(cfg: TrainConfig) -> None:
+    """Refuse to reuse (or resume) a stage whose record names another corpus."""
+    path, want = _record_path(cfg), corpus_fingerprint(cfg)
+    rec = json.loads(path.read_text()) if path.exists() else {}
+    have = rec.get("corpus")
+    if have != want:
+        why = (f"was built from corpus {have}" if have else
+               "has no build record naming its corpus")
+        raise StaleStage(
+            f"stage {Path(cfg.output_dir).name} ({cfg.output_dir}) {why}, but the recipe "
+            f"now trains on corpus v{cfg.corpus_version} ({want}). Delete that folder, or "
+            f"build without --reuse, to train it again.")
+
+
+def _train_stage(cfg: TrainConfig) -> dict:
+    """Train one stage, resuming its last checkpoint if an earlier build was interrupted;
+    its record (corpus fingerprint, machine, wall time so far) is kept up to date, so a
+    killed build resumes with ``--reuse`` and its card still counts the whole time."""
+    path = _record_path(cfg)
+    before = json.loads(path.read_text()).get("seconds", 0.0) if path.exists() else 0.0
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def note(_rec=None, **done):
+        rec = {"corpus": corpus_fingerprint(cfg), "built_on": machine(),
+               "seconds": before + time.time() - t0, **done}
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        return rec
+
+    note(finished=False)
+    res = train(cfg, callback=lambda r: note(finished=False, step=r["step"]))
+    rec = note(finished=True, resumed=bool(before),
+               **{k: res[k] for k in ("steps", "tokens", "final_loss")})
+    return dict(res, **rec)
 
 
 def _load_record(cfg: TrainConfig) -> dict | None:
-    """A reused stage's figures, or None where the stage left no record."""
-    path = Path(cfg.output_dir) / RUN_RECORD
+    """A reused stage's figures, or None where the stage left no finished record."""
+    path = _record_path(cfg)
     if not path.exists():
         return None
-    return dict(json.loads(path.read_text()), reused=True)
+    rec = json.loads(path.read_text())
+    return dict(rec, reused=True) if rec.get("finished", True) and "tokens" in rec else None
 
 
-def measure(name: str, model, tokenizer, limit: int | None) -> dict:
+def measure(name: str, model, tokenizer, limit: int | None,
+            corpus_version: int = CORPUS_VERSION) -> dict:
     """The metrics that go into a model card: the same as ``python -m dllm_lesson eval``
-    (:func:`dllm_lesson.evaluate.measure_model`), on a fixed subsample of ``limit``."""
+    (:func:`dllm_lesson.evaluate.measure_model`) on the held-out splits of the corpus the
+    model trained on, on a fixed subsample of ``limit``."""
     from .evaluate import measure_model
 
-    return measure_model(name, model, tokenizer, limit=limit)
-
-
-MEASURED_NOTE = ("Measured by these commands; each command's rows replace the rows of the "
-                 "same name measured by the commands above it.")
-
-
-def model_card(name: str, stages: list[TrainConfig], runs: list[dict], metrics: dict,
-               n_params: int, how: str = "`python -m dllm_lesson build-models`, right after "
-               "training") -> str:
-    lines = [f"# {name}", "",
-             "A tiny ModernBERT (Hugging Face format) made by the diffusion-LM course's own "
-             "code on its offline generated corpus. Load it with "
-             "`AutoModelForMaskedLM.from_pretrained(path)` or "
-             f"`dllm_lesson.load_model(\"{name}\")`.", "",
-             f"- parameters: {n_params:,}",
-             f"- built on: {_machine()}",
-             "- rebuild: `python -m dllm_lesson build-models`", "", "## Training", ""]
-    for cfg, run in zip(stages, runs):
-        recipe_line = (f"- `{cfg.objective}` on {cfg.dataset} {cfg.data}"
-                       f"{f' (+{cfg.text_mix:.0%} plain-text steps)' if cfg.text_mix else ''}"
-                       f": {run['steps'] if run else cfg.max_steps} steps x batch "
-                       f"{cfg.batch_size}, seq {cfg.seq_len}, lr {cfg.lr}")
-        reused = f"stage reused from an earlier build: {Path(cfg.output_dir).name}"
-        if run is None:   # --reuse without a record: the recipe is known, its figures not
-            lines.append(f"{recipe_line} ({reused})")
-            continue
-        figures = (f"{recipe_line}, {run['tokens']:,} tokens, {run['seconds']:.0f} s "
-                   f"wall, final loss {run['final_loss']:.4f}")
-        if run.get("reused"):
-            figures += f" ({reused}, on {run.get('built_on', 'an unknown machine')})"
-        lines.append(figures)
-    lines += ["", "## Measured", "", MEASURED_NOTE, "", f"- {how}", "", "```",
-              json.dumps(metrics, indent=1), "```", ""]
-    return "\n".join(lines)
-
-
-def update_card(folder, metrics: dict, how: str) -> None:
-    """Merge new measurements into a model card's "Measured" section and ``metrics.json``
-    (e.g. from ``python -m dllm_lesson eval --update-card``): each row of ``metrics``
-    replaces the row of the same name, the other rows stay, and ``how`` (the command that
-    measured them) is added to the list of commands above the numbers."""
-    folder = Path(folder)
-    card = (folder / "README.md").read_text()
-    head, _, measured = card.partition("## Measured")
-    old = folder / "metrics.json"
-    merged = json.loads(old.read_text()) if old.exists() else {}
-    merged.update(json.loads(json.dumps(metrics)))          # float keys become strings
-    hows = [ln[2:] for ln in measured.split("```")[0].splitlines() if ln.startswith("- ")]
-    if how not in hows:
-        hows.append(how)
-    body = ["## Measured", "", MEASURED_NOTE, "", *(f"- {h}" for h in hows), "", "```",
-            json.dumps(merged, indent=1), "```", ""]
-    (folder / "README.md").write_text(head.rstrip() + "\n\n" + "\n".join(body))
-    old.write_text(json.dumps(merged, indent=1) + "\n")
+    return measure_model(name, model, tokenizer, limit=limit, corpus_version=corpus_version)
 
 
 def build_models(names=MODELS, work_dir="runs/build",
                  dest=None, scale: float = 1.0, eval_limit: int | None = 400,
                  reuse: bool = False) -> dict:
     """Train the shipped models from scratch and copy them (with model cards) to ``dest``
-    (default: the package's checkpoints folder). With ``reuse``, the last stage whose
-    finished output is already in ``work_dir`` is loaded instead of retrained, and the
-    stages before it are skipped."""
+    (default: the package's checkpoints folder).
+
+    With ``reuse``, the last stage whose finished output is already in ``work_dir`` is
+    loaded instead of retrained (the stages before it are skipped), a stage an earlier
+    build left unfinished resumes from its last checkpoint, and a stage trained on another
+    corpus than the recipe's is refused (:class:`StaleStage`)."""
     from . import loading as shipped
+    from .loading import is_causal
 
     work = Path(work_dir)
     dest = Path(dest) if dest is not None else Path(shipped.CHECKPOINT_ROOT)
     plan = recipe(work, scale)
+    unknown = [n for n in names if n not in plan]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     done = {}
-    needs = {"tiny-bert": set(), "tiny-dllm": {"tiny-bert"}, "tiny-duo": {"tiny-dllm"},
-             "tiny-duo-dcd": {"tiny-duo"}}
     wanted = set(names)
     for name in reversed(MODELS):
         if name in wanted:
-            wanted |= needs[name]
+            wanted |= NEEDS[name]
     for name in MODELS:
         if name not in wanted:
             continue
         runs, model, tok = [], None, None
         final = Path(plan[name][-1].output_dir)
         if reuse and name not in names and (final / "model.safetensors").exists():
+            _check_corpus(plan[name][-1])
             print(f"reusing {final}", flush=True)   # a finished base model
             continue
         # with reuse, start after the last stage whose output is already there
@@ -224,19 +248,25 @@ def build_models(names=MODELS, work_dir="runs/build",
                 runs.append(_load_record(cfg))
                 continue
             if reuse and (done_dir / "model.safetensors").exists():
+                _check_corpus(cfg)
                 print(f"reusing {done_dir}", flush=True)
                 # loaded as the stage itself loads its model (and its chat template)
                 model, tok = init_model(dataclasses.replace(cfg, model=str(done_dir)))
                 runs.append(_load_record(cfg))
                 continue
-            shutil.rmtree(cfg.output_dir, ignore_errors=True)  # from scratch, every time
-            res = train(cfg)
-            runs.append(dict(res, **_save_record(cfg, res)))
+            if reuse and latest_checkpoint(done_dir) is not None:
+                _check_corpus(cfg)
+                print(f"resuming {done_dir} from {latest_checkpoint(done_dir).name}",
+                      flush=True)
+            else:
+                shutil.rmtree(cfg.output_dir, ignore_errors=True)  # from scratch
+            res = _train_stage(cfg)
+            runs.append(res)
             model, tok = res["model"], res["tokenizer"]
         if name not in names:
             continue
         model.to(_device())
-        metrics = measure(name, model, tok, eval_limit)
+        metrics = measure(name, model, tok, eval_limit, plan[name][-1].corpus_version)
         n_params = sum(p.numel() for p in model.parameters())
         out = dest / name
         shutil.rmtree(out, ignore_errors=True)
@@ -249,7 +279,7 @@ def build_models(names=MODELS, work_dir="runs/build",
                + (f" (held-out rows: a fixed subsample of {eval_limit} questions per split)"
                   if eval_limit else ""))
         (out / "README.md").write_text(model_card(name, plan[name], runs, metrics, n_params,
-                                                  how))
+                                                  how, causal=is_causal(model.config)))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         done[name] = metrics
         print(f"{name}: {json.dumps(metrics)}", flush=True)
@@ -270,9 +300,13 @@ def main_build(argv=None):
                    help="multiply every step count (e.g. 0.01 for a smoke test)")
     p.add_argument("--eval-limit", type=int, default=400)
     p.add_argument("--reuse", action="store_true", help="load stages already finished in "
-                   "--work-dir instead of retraining them")
+                   "--work-dir instead of retraining them, and resume an interrupted one "
+                   "(refused for a stage trained on another corpus)")
     args = p.parse_args(argv)
     t = time.time()
-    build_models(args.models, args.work_dir, args.dest, args.scale, args.eval_limit,
-                 args.reuse)
+    try:
+        build_models(args.models, args.work_dir, args.dest, args.scale, args.eval_limit,
+                     args.reuse)
+    except StaleStage as e:
+        p.error(str(e))
     print(f"built {', '.join(args.models)} in {time.time() - t:.0f} s")

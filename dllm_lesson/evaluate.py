@@ -46,19 +46,20 @@ DEFAULT_ANSWER_LENGTH = 32
 
 
 def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | None = None,
-                      seed: int = 0):
+                      seed: int = 0, version: int | None = None):
     """Held-out corpus rows (``Example``) of the given tasks, a fixed subsample if
-    ``limit`` is set (every task keeps its share). An unknown split or task raises one
+    ``limit`` is set (every task keeps its share), from corpus ``version`` (default: the
+    course's, ``data.CORPUS_VERSION``). An unknown split or task raises one
     ``ValueError`` naming the known ones.
     Taught in ``02_llada_training``."""
     import random
 
-    from .data import build_corpus
+    from .data import CORPUS_VERSION, build_corpus
 
     splits = ("heldout_entities", "heldout_phrasings")
     if split not in splits:
         raise ValueError(f"unknown split {split!r}: choose one of {splits}")
-    rows = getattr(build_corpus(seed), split)
+    rows = getattr(build_corpus(seed, version=version or CORPUS_VERSION), split)
     if isinstance(tasks, str):
         tasks = (tasks,)
     tasks = tuple(tasks or SHORT_TASKS + ("describe",))
@@ -198,7 +199,8 @@ def _steps_list(steps) -> list:
 
 def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=None,
                   ratios=(0.15, 0.3, 0.5, 0.7, 0.9), progress: bool = True,
-                  batch_size: int = 64, **options) -> dict:
+                  batch_size: int = 64, corpus_version: int | None = None,
+                  **options) -> dict:
     """One model's numbers: token accuracy by mask ratio and, for chat models, held-out
     accuracy on both splits (keys ``heldout_<split>_<strategy>[_<k>steps]``).
 
@@ -210,16 +212,24 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
     Wilson interval (keys ending in ``_ci``).
     Taught in ``02_llada_training``.
     """
+    from .loading import is_causal
+
     steps = _steps_list(steps)
     model.eval()
-    tokens = mask_ratio_accuracy(model, tokenizer, ratios, counts=True)
-    res = {"mask_ratio_token_accuracy": {r: k / max(1, t) for r, (k, t) in tokens.items()},
-           "mask_ratio_token_accuracy_ci": {r: wilson_interval(k, t)
-                                            for r, (k, t) in tokens.items()}}
+    causal = is_causal(model.config)
+    res = {}
+    if not causal:   # a causal LM has no mask to fill
+        tokens = mask_ratio_accuracy(model, tokenizer, ratios, counts=True)
+        res = {"mask_ratio_token_accuracy": {r: k / max(1, t) for r, (k, t) in tokens.items()},
+               "mask_ratio_token_accuracy_ci": {r: wilson_interval(k, t)
+                                                for r, (k, t) in tokens.items()}}
     if name == "tiny-bert":  # tiny-bert is no chat model: it has nothing to answer
         return res
+    if causal:       # one token per pass, left to right: no steps to choose
+        steps = [None]
     for k in steps:
-        strat = strategy or ("duo" if "duo" in str(name) else "llada" if k else "greedy")
+        strat = strategy or ("ar" if causal else "duo" if "duo" in str(name)
+                             else "llada" if k else "greedy")
         opts = dict(options)
         if k is not None:
             opts["steps"] = k
@@ -228,7 +238,8 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
         label = (strat + (f"_{opts['sampler']}" if opts.get("sampler") else "")
                  + (f"_{opts['steps']}steps" if "steps" in opts else ""))
         for split in ("heldout_entities", "heldout_phrasings"):
-            ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit),
+            ev = evaluate_answers(model, tokenizer, held_out_examples(split, limit=limit,
+                                                                     version=corpus_version),
                                   strategy=strat, progress=progress,
                                   batch_size=batch_size, **opts)
             res[f"{split}_{label}"] = {key: v for key, v in ev.items() if key != "rows"}
@@ -327,7 +338,7 @@ def main_eval(argv=None):
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     if args.update_card:
-        from .build import update_card
+        from .cards import update_card
         from .loading import model_path
 
         cmd = "python -m dllm_lesson eval " + " ".join(argv or [])

@@ -56,9 +56,15 @@ def ar_loss(logits: torch.Tensor, x0: torch.Tensor, loss_mask: torch.Tensor) -> 
     Position ``i`` predicts token ``i + 1`` from tokens ``0..i`` (the causal mask sees to
     that); ``loss_mask[b, i + 1]`` says whether token ``i + 1`` is scored (the answer's
     tokens in SFT, every token of plain text). One token per forward pass at inference, in
-    a fixed left-to-right order: the contrast to masked diffusion.
+    a fixed left-to-right order: the contrast to masked diffusion. ``logits`` are every
+    position's (B, L, V), or (N, V) at the positions ``i`` whose next token is scored (the
+    training core computes only those).
     Taught in ``11_ar_vs_diffusion``.
     """
+    scored = loss_mask[:, 1:].bool()
+    if logits.dim() == 2:   # (N, V): the logits at the scored positions only, row by row
+        ce = F.cross_entropy(logits.float(), x0[:, 1:][scored], reduction="sum")
+        return ce / scored.sum().clamp(min=1)
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x0[:, 1:], reduction="none")
-    w = loss_mask[:, 1:].float()
+    w = scored.float()
     return (ce * w).sum() / w.sum().clamp(min=1)

@@ -76,6 +76,8 @@ class TrainConfig:
     eps: float = 1e-3                 # llada: p_mask = (1 - eps) t + eps
     inverse_t: bool = True            # llada: divide the masked loss by p_mask
     fill_max: int = 64                # chat: up to this many extra [SEP] after the answer
+    group_by_length: bool = False     # chat: batch rows of similar length together (less
+    #                                   end-token padding; transformers' group_by_length)
     # duo
     noise_min: float = 0.0
     noise_max: float = 0.6
@@ -199,12 +201,14 @@ class Batches:
     global batch. ``state()`` / ``load_state()`` give the data position."""
 
     def __init__(self, rows, batch_size: int, pad_id: int, fill_id: int | None,
-                 fill_max: int, seq_len: int, seed: int, rank: int = 0, world: int = 1):
+                 fill_max: int, seq_len: int, seed: int, rank: int = 0, world: int = 1,
+                 group_by_length: bool = False):
         if len(rows) == 0:
             raise ValueError("the dataset has no rows")
         self.rows, self.bs, self.pad_id = rows, batch_size, pad_id
         self.fill_id, self.fill_max, self.seq_len = fill_id, fill_max, seq_len
         self.seed, self.rank, self.world = seed, rank, world
+        self.group_by_length = group_by_length
         self.epoch, self.cursor, self.skipped = 0, 0, 0
         self._order = None
 
@@ -217,9 +221,28 @@ class Batches:
 
     def _perm(self):
         if self._order is None:
+            rng = random.Random(self.seed * 100_003 + self.epoch)
             self._order = list(range(len(self.rows)))
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(self._order)
+            rng.shuffle(self._order)
+            if self.group_by_length:
+                self._order = self._grouped(self._order, rng)
         return self._order
+
+    def _grouped(self, order: list[int], rng: random.Random) -> list[int]:
+        """The epoch's order with rows of similar length in the same global batch (as
+        transformers' ``LengthGroupedSampler``): each run of 50 batches is sorted by length
+        and cut into batches, and the full batches are shuffled. A batch is padded to its
+        longest row, so a few long answers no longer stretch nearly every batch."""
+        g = self.bs * self.world
+        mega = 50 * g
+        size = [0 if r is None else len(r[0]) for r in self.rows]
+        runs = [sorted(order[i:i + mega], key=lambda j: -size[j])
+                for i in range(0, len(order), mega)]
+        flat = [j for run in runs for j in run]
+        n_full = len(flat) // g
+        batches = [flat[k * g:(k + 1) * g] for k in range(n_full)]
+        rng.shuffle(batches)
+        return [j for b in batches for j in b] + flat[n_full * g:]
 
     def next(self) -> dict:
         order, g = self._perm(), self.bs * self.world
@@ -442,7 +465,13 @@ def step_loss(cfg: TrainConfig, model, batch: dict, step: int, tokenizer, duo_ob
         return losses.llada_loss(logits_at(model, xt, am, masked), x0, masked, p_mask, lm,
                                  inverse_t=cfg.inverse_t)
     if cfg.objective == "ar":
-        logits = model(input_ids=x0, attention_mask=am).logits
+        # position i predicts token i + 1: the head runs where the next token is scored
+        # (transformers' logits_to_keep, a boolean mask: the answer's positions in SFT)
+        keep = torch.zeros_like(lm, dtype=torch.bool)
+        keep[:, :-1] = lm[:, 1:]
+        if bool(am.all()):
+            am = None
+        logits = model(input_ids=x0, attention_mask=am, logits_to_keep=keep).logits
         return losses.ar_loss(logits, x0, lm)
     loss, _ = duo_objective.loss(model, batch, step, generator=generator)
     return loss
@@ -577,7 +606,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, callback=None) -> dict:
         fill = tokenizer.sep_token_id if kind == "chat" else None
         streams[kind] = Batches(rows, cfg.batch_size, tokenizer.pad_token_id, fill,
                                 cfg.fill_max, cfg.seq_len, cfg.seed,
-                                acc.process_index, acc.num_processes)
+                                acc.process_index, acc.num_processes,
+                                group_by_length=cfg.group_by_length and kind == "chat")
     duo_objective = None
     if cfg.objective in ("duo", "dcd"):
         from .duo import objective_from_config

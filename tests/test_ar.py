@@ -39,6 +39,30 @@ def test_ar_loss_is_transformers_causal_lm_loss():
     assert not torch.allclose(losses.ar_loss(out.logits, x, torch.ones_like(mask)), ours)
 
 
+def test_ar_training_loss_computes_the_scored_logits_only():
+    """The training core runs the causal head only where the next token is scored
+    (logits_to_keep): the same loss and the same gradients as from every logit."""
+    cfg = ar_cfg("unused")
+    model, tok = training.init_model(cfg)
+    torch.manual_seed(0)
+    x = torch.randint(5, len(tok), (3, 16))
+    lm = torch.zeros(3, 16, dtype=torch.bool)
+    lm[0, 9:], lm[1, 4:12], lm[2, 14:] = True, True, True
+    batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "loss_mask": lm}
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    sparse = training.step_loss(cfg, model, batch, 0, tok, None, torch.Generator(), "chat")
+    hook.remove()
+    assert calls == [(int(lm[:, 1:].sum()), len(tok))]      # 7 + 8 + 2 rows of logits
+    g_sparse = torch.autograd.grad(sparse, list(model.parameters()), allow_unused=True)
+    full = losses.ar_loss(model(input_ids=x).logits, x, lm)
+    g_full = torch.autograd.grad(full, list(model.parameters()), allow_unused=True)
+    assert torch.allclose(sparse, full, atol=1e-6)
+    for a, b in zip(g_sparse, g_full):
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_ar_model_has_the_masked_models_shape():
     """A fair baseline: the causal model built for the tiny preset has the same parameter
     count as the masked one (same hidden size, layers, heads, vocabulary)."""
