@@ -1,7 +1,11 @@
 """Held-out accuracy: does the answer state the right facts, and stop cleanly?
 
 ``python -m dllm_lesson eval`` prints the tables; notebooks 02, 03 and 09 call the same
-functions. Taught in ``02_llada_training``.
+functions. On corpus v2 (``--corpus-version 2``) it also asks the open-ended questions,
+scored for consistency (any true pair, two different countries), the reversal split
+forward and backward, and (``--tokens-per-pass``) consistency against tokens committed
+per forward pass. Every rate comes with its 95% Wilson interval.
+Taught in ``02_llada_training``.
 """
 
 from __future__ import annotations
