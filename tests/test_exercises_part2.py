@@ -222,7 +222,21 @@ def test_dual_cache_block_wrong_answers_fail():
             x[0, lo + pick] = tok[pick]
         return x
 
-    run("dual_cache_block", lambda *a: part2.dual_cache_block_reference(*a))
+    def written(model, x, lo, hi, counts, mask_id):           # an independent solution
+        x = x.clone()
+        logits, cache = model.build_cache(x)
+        for k, n in enumerate(counts):
+            window = logits[0, lo:hi] if k == 0 else \
+                model.forward_window(x[:, lo:hi], lo, cache)[0]
+            probs = window.float().softmax(-1)
+            probs[:, mask_id] = 0
+            best = [(-float(probs[i].max()), i, int(probs[i].argmax()))
+                    for i in range(hi - lo) if int(x[0, lo + i]) == mask_id]
+            for _, i, token in sorted(best)[:n]:                 # ties: the lower position
+                x[0, lo + i] = token
+        return x
+
+    run("dual_cache_block", written)
     for wrong in (no_cache, prefix_window, rebuild_every_step, mask_not_banned):
         fails("dual_cache_block", wrong)
 
