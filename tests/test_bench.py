@@ -45,16 +45,24 @@ def test_bench_rows(model_dir, tmp_path):
     assert names == [n for n, _ in bench.bench_strategies(L, 4, duo=True)]
     assert names[:2] == ["llada 1 token/step block=4", "greedy"]
     assert sum(n.startswith("duo") for n in names) == 3
+    from transformers import AutoTokenizer
+
+    from dllm_lesson.evaluate import wilson_interval
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    needed = sum(len(keys) for _, keys, _ in bench.bench_prompts(tok, L, 2))
     for r in rows:
         assert set(r) == set(bench.KEYS)
-        assert r["answer_length"] == L and r["n_prompts"] == 2
-        assert r["tokens_per_nfe"] == pytest.approx(L / r["nfe"])
-        assert r["answer_tokens_per_nfe"] <= r["tokens_per_nfe"] + 1e-9
-        assert r["speedup_vs_llada"] == pytest.approx(rows[0]["seconds"] / r["seconds"])
-        assert r["speedup_vs_greedy"] == pytest.approx(rows[1]["seconds"] / r["seconds"])
-        lo, hi = r["accuracy_ci"]
-        assert 0.0 <= lo <= r["accuracy"] <= hi <= 1.0 and r["seconds"] > 0
+        assert r["answer_length"] == L and r["n_prompts"] == 2 and r["seconds"] > 0
+        # the interval is the Wilson interval of the facts stated out of those needed
+        stated = round(r["accuracy"] * needed)
+        assert r["accuracy"] == pytest.approx(stated / needed)
+        assert r["accuracy_ci"] == pytest.approx(list(wilson_interval(stated, needed)))
     by = dict(zip(names, rows))
+    # tokens per pass, by hand: L = 8 tokens in 8, 8, 8, 16, 32 passes
+    assert [by[n]["tokens_per_nfe"] for n in ("llada 1 token/step block=4", "greedy",
+                                              "duo steps=8", "duo steps=16",
+                                              "duo steps=32")] == [1.0, 1.0, 1.0, 0.5, 0.25]
     base = by["llada 1 token/step block=4"]
     assert base["nfe"] == L and base["steps"] == L and base["block_length"] == 4
     assert base["cache"] is None and base["threshold"] is None
@@ -63,6 +71,31 @@ def test_bench_rows(model_dir, tmp_path):
     dual = by["threshold 0.9 block=4 dual"]
     assert (dual["cache"], dual["threshold"], dual["block_length"]) == ("dual", 0.9, 4)
     assert 2 <= dual["nfe"] <= L                                # >= 1 step per block
+
+
+def test_bench_row_arithmetic_on_scripted_timings(monkeypatch):
+    """Speed-ups and tokens per pass from scripted run_row results, computed by hand: the
+    first row is LLaDA's baseline (4 s), the second greedy (2 s), then threshold (0.5 s)."""
+    script = iter([dict(nfe=8, seconds=4.0), dict(nfe=8, seconds=2.0),
+                   dict(nfe=2, seconds=0.5)])
+
+    def fake_run_row(model, tokenizer, prompts, L, options, repeats, batch_size):
+        res = next(script)
+        return dict(res, accuracy=0.5, accuracy_ci=(0.2, 0.8), exact=0.0,
+                    answer_tokens_per_nfe=1.5, answers=[])
+
+    monkeypatch.setattr(bench, "run_row", fake_run_row)
+    monkeypatch.setattr(bench, "bench_prompts", lambda tok, L, n: [("p", ["k"], "r")] * n)
+    monkeypatch.setattr(bench, "bench_strategies", lambda L, b, duo, full: [
+        ("llada", dict(strategy="llada")), ("greedy", dict(strategy="greedy")),
+        ("thr", dict(strategy="threshold", threshold=0.9, cache="dual"))])
+    rows = bench.run_bench(model=object(), tokenizer=object(), lengths=(8,), n_prompts=3,
+                           duo=False, progress=False)
+    got = [(r["tokens_per_nfe"], r["speedup_vs_llada"], r["speedup_vs_greedy"])
+           for r in rows]
+    assert got == [(1.0, 1.0, 0.5), (1.0, 2.0, 1.0), (4.0, 8.0, 4.0)]
+    assert [r["n_prompts"] for r in rows] == [3, 3, 3]
+    assert rows[2]["accuracy_ci"] == [0.2, 0.8] and rows[2]["cache"] == "dual"
 
 
 def test_bench_full_table_names():

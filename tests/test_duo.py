@@ -369,17 +369,37 @@ def test_uniform_posterior_logits_is_the_flip_table():
     assert logp[0, 0, 5].exp().item() == pytest.approx(f / (V - 1), rel=1e-6)
 
 
-def test_gradient_spread_demo_reports_ratios():
-    d = duo.gradient_spread_demo(vocab_size=200, length=64, flips=(0.1, 0.5, 0.9))
-    for model in ("init", "posterior"):
-        for kind in ("ce", "sym_kl"):
-            for sc in ("unscaled", "scaled"):
-                e = d[model][kind][sc]
-                assert len(e["grad_norm"]) == 3 and e["grad_ratio"] >= 1
-    assert d["init"]["ce"]["unscaled"]["grad_ratio"] == pytest.approx(1.0, abs=1e-5)
-    # with the scale, the init model's spread is exactly the spread of row_scale
-    rs = d["row_scale"]
-    assert d["init"]["ce"]["scaled"]["grad_ratio"] == pytest.approx(max(rs) / min(rs), 1e-4)
+def test_gradient_spread_demo_matches_closed_forms_and_its_table():
+    """The demo at its defaults (V = 2788, L = 512) against numbers derived by hand and the
+    table its docstring (and notebook 08) quotes."""
+    d = duo.gradient_spread_demo()
+    V, L, flips = d["vocab_size"], d["length"], d["flip"]
+    assert (V, L, len(flips)) == (2788, 512, 7)
+    # noise weights and the seed's row scale at 5% / 99% flips, as the docstring quotes
+    assert d["noise_weight"][0] == pytest.approx(0.160, abs=5e-4)
+    assert d["noise_weight"][-1] == pytest.approx(0.478, abs=5e-4)
+    assert d["row_scale"][0] == pytest.approx(6.8e-5, rel=0.01)
+    # init model (zero logits): CE is log V on every row and its gradient norm is
+    # sqrt(L (V-1)/V) / L (softmax - one_hot per token), whatever the noise
+    init = d["init"]["ce"]["unscaled"]
+    assert init["loss"] == pytest.approx([math.log(V)] * 7, rel=1e-5)
+    assert init["grad_norm"] == pytest.approx([math.sqrt(L * (V - 1) / V) / L] * 7, rel=1e-3)
+    # the posterior model's CE on a row is the flip channel's entropy
+    # H(f) = -(1-f) log(1-f) - f log(f/(V-1)), up to the sampling error of L tokens
+    post = d["posterior"]["ce"]["unscaled"]["loss"]
+    for f, got in zip(flips, post):
+        h = -(1 - f) * math.log(1 - f) - f * math.log(f / (V - 1))
+        se = math.sqrt(f * (1 - f) / L) * abs(math.log((1 - f) * (V - 1) / f))
+        assert abs(got - h) <= 4 * se + 1e-3, (f, got, h)
+    # the docstring's table: model, loss -> (unscaled loss/grad, scaled loss/grad) ratios
+    table = {("init", "ce"): (1.0, 1.0, 4.8, 4.8), ("init", "sym_kl"): (1.0, 1.0, 4.8, 4.8),
+             ("posterior", "ce"): (14.6, 3.4, 70, 16),
+             ("posterior", "sym_kl"): (11.2, 5.4, 54, 9.6)}
+    for (model, kind), (lu, gu, ls, gs) in table.items():
+        e = d[model][kind]
+        got = (e["unscaled"]["loss_ratio"], e["unscaled"]["grad_ratio"],
+               e["scaled"]["loss_ratio"], e["scaled"]["grad_ratio"])
+        assert got == pytest.approx((lu, gu, ls, gs), rel=0.03), (model, kind, got)
 
 
 # ---------------------------------------------------------------------------

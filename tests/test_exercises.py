@@ -84,3 +84,16 @@ def test_notebook_has_stub_and_commented_check(name):
 def test_unknown_exercise_is_a_clear_error():
     with pytest.raises(ValueError, match="no exercise named 'nope'; known: "):
         check("nope", lambda: None)
+
+
+def test_every_exercise_has_a_rejected_wrong_answer():
+    """Each checker is shown to reject at least one plausible mistake: a ``fails("name", ...)``
+    in test_exercises_part1/2, or a ``("name", ...)`` entry of part3's WRONG list."""
+    tested = set()
+    for path in sorted((REPO / "tests").glob("test_exercises_part*.py")):
+        text = path.read_text()
+        tested |= set(re.findall(r'\bfails\(\s*"(\w+)"', text))
+        wrong = re.search(r"^WRONG = \[(.*?)^\]", text, flags=re.M | re.S)
+        if wrong:
+            tested |= set(re.findall(r'^\s*\("(\w+)",', wrong.group(1), flags=re.M))
+    assert set(ALL) - tested == set(), "exercises whose checker no test shows rejecting"

@@ -222,7 +222,21 @@ def test_dual_cache_block_wrong_answers_fail():
             x[0, lo + pick] = tok[pick]
         return x
 
-    run("dual_cache_block", lambda *a: part2.dual_cache_block_reference(*a))
+    def written(model, x, lo, hi, counts, mask_id):           # an independent solution
+        x = x.clone()
+        logits, cache = model.build_cache(x)
+        for k, n in enumerate(counts):
+            window = logits[0, lo:hi] if k == 0 else \
+                model.forward_window(x[:, lo:hi], lo, cache)[0]
+            probs = window.float().softmax(-1)
+            probs[:, mask_id] = 0
+            best = [(-float(probs[i].max()), i, int(probs[i].argmax()))
+                    for i in range(hi - lo) if int(x[0, lo + i]) == mask_id]
+            for _, i, token in sorted(best)[:n]:                 # ties: the lower position
+                x[0, lo + i] = token
+        return x
+
+    run("dual_cache_block", written)
     for wrong in (no_cache, prefix_window, rebuild_every_step, mask_not_banned):
         fails("dual_cache_block", wrong)
 
@@ -439,33 +453,64 @@ def test_remask_positions_matches_the_engine_policy():
 
 # -- 10: batch arithmetic and MFU --------------------------------------------------------
 def test_step_budget_matches_the_training_batches():
-    """The training loop's data order: one micro step takes batch_size rows per rank;
-    an epoch ends when a whole global micro batch no longer fits."""
+    """The training loop's data order, walked with Batches: one micro step takes
+    batch_size rows per rank, each padded to its batch's longest row; the epoch's whole
+    optimizer steps cost the tokens the reference counts."""
     from dllm_lesson.training import Batches
 
-    rows = [([2, 5, 3], [0, 1, 1])] * 103
+    gen = random.Random(3)
+    rows = [([2] * n, [1] * n) for n in (gen.randint(1, 8) for _ in range(103))]
     for bs, accum, world in [(4, 2, 3), (8, 1, 1), (5, 3, 2)]:
         streams = [Batches(rows, bs, 0, None, 0, 8, seed=0, rank=r, world=world)
                    for r in range(world)]
-        n_rows, seen, steps = len(rows), 0, 0
-        while streams[0].epoch == 0:
+        order = list(streams[0]._perm())                 # the epoch's shuffled row order
+        per_step, bound, tokens = part2.step_budget_reference(
+            [len(rows[i][0]) for i in order], bs, accum, world, 8)
+        assert per_step == bs * accum * world and bound == per_step * 8
+        walked = []
+        while len(walked) < len(tokens):
+            total = 0
             for _ in range(accum):
                 for s in streams:
-                    seen += s.next()["input_ids"].shape[0]
-            if streams[0].epoch == 0:
-                steps += 1
-        per_step, _, per_epoch = part2.step_budget_reference(bs, accum, world, 8, n_rows)
-        assert per_step == bs * accum * world
-        # whole optimizer steps inside the first epoch (micro batches may straddle)
-        assert per_epoch == n_rows // per_step
-        assert steps in (per_epoch, per_epoch + 1)
+                    total += s.next()["input_ids"].numel()     # padded rows x longest
+            walked.append(total)
+        assert walked == tokens and len(tokens) == len(rows) // per_step
+        assert all(t <= bound for t in tokens) and streams[0].epoch == 0
+
+
+def test_step_budget_by_hand():
+    # 2 rows a micro batch, 2 ranks, 1 micro step: rank 0 gets [3, 5] -> 2 x 5, rank 1
+    # [2, 7] -> 2 x 6 (cut at seq_len 6); step 2 the same with [9, 1] -> 12, [1, 1] -> 2
+    assert part2.step_budget_reference([3, 5, 2, 7, 9, 1, 1, 1, 4], 2, 1, 2, 6) == \
+        (4, 24, [10 + 12, 12 + 2])
 
 
 def test_step_budget_wrong_answers_fail():
-    fails("step_budget", lambda b, a, w, s, n: (b * w, b * w * s, n // (b * w)))
-    fails("step_budget", lambda b, a, w, s, n: (b * a, b * a * s, n // (b * a)))
-    fails("step_budget", lambda b, a, w, s, n: (b * a * w, b * a * w * s,
-                                                math.ceil(n / (b * a * w))))
+    def walk(lengths, b, a, w, s, pad):
+        rows = b * a * w
+        steps = [lengths[k * rows:(k + 1) * rows] for k in range(len(lengths) // rows)]
+        return rows, rows * s, [pad(step, b, w, s) for step in steps]
+
+    def per_rank(step, b, w, s):                                   # the right padding
+        return sum(len(c) * min(max(c), s) for c in
+                   (step[i:i + b] for i in range(0, len(step), b)))
+
+    run("step_budget", lambda *a: walk(*a, per_rank))           # an independent solution
+    fails("step_budget", lambda *a: walk(*a, lambda st, b, w, s: sum(st)))     # no padding
+    fails("step_budget", lambda *a: walk(*a, lambda st, b, w, s: len(st) * s))  # the bound
+    fails("step_budget", lambda *a: walk(*a, lambda st, b, w, s:               # whole step
+                                         len(st) * min(max(st), s)))
+    fails("step_budget", lambda *a: walk(*a, lambda st, b, w, s:               # no cut
+                                         sum(len(c) * max(c) for c in
+                                             (st[i:i + b] for i in range(0, len(st), b)))))
+    fails("step_budget", lambda *a: walk(*a, lambda st, b, w, s: sum(          # strided ranks
+        len(c) * min(max(c), s) for c in (st[r::w] for r in range(w)) if c)))
+
+    def with_partial(lengths, b, a, w, s):                     # counts the unfinished step
+        rows, bound, tokens = walk(lengths, b, a, w, s, per_rank)
+        rest = lengths[len(tokens) * rows:]
+        return rows, bound, tokens + ([per_rank(rest, b, w, s)] if rest else [])
+    fails("step_budget", with_partial)
 
 
 def test_mfu_matches_the_benchmark_numbers():

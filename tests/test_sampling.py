@@ -353,7 +353,27 @@ def test_every_strategy_finishes(hf_model, tokenizer, strategy, options):
     assert [s.step for s in records] == list(range(1, len(records) + 1))
     assert [s.nfe for s in records] == [s.step for s in records]   # one pass per step
     assert all(len(s.confidence) == n and len(s.tokens) == n for s in records)
-    assert all(0.0 <= c <= 1.0 for s in records for c in s.confidence)
+    # confidences are the model's probabilities, read off an independent full forward
+    # pass on the sequence before the step: a masked strategy's committed token has the
+    # confidence of that token; duo's (greedy x0, no commits) is the best allowed token's
+    # at every position. Duo starts from random tokens, not in the records: from step 2.
+    states, a0 = _states(tokenizer, PROMPTS[1], n, records)
+    specials = [i for i in tokenizer.all_special_ids if i != tokenizer.sep_token_id]
+    checked = 0
+    with torch.no_grad():
+        for k, (s, x) in enumerate(zip(records, states)):
+            if strategy == "duo" and k == 0:
+                continue
+            probs = torch.softmax(hf_model(input_ids=x).logits[0, a0:a0 + n].float(), -1)
+            if strategy == "duo":
+                probs[:, specials] = 0.0
+                want = {i: float(probs[i].max()) for i in range(n)}
+            else:
+                want = {i: float(probs[i, s.tokens[i]]) for i in s.changed}
+            for i, p in want.items():
+                assert s.confidence[i] == pytest.approx(p, abs=1e-5), (k, i)
+                checked += 1
+    assert checked >= n
     text = generate(hf_model, tokenizer, PROMPTS[1], n, strategy, **options)
     assert text == answer_text(tokenizer, tokens)
 

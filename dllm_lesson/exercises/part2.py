@@ -427,42 +427,57 @@ def _check_remask_positions(candidate, reference):
 # ---------------------------------------------------------------------------------------
 
 
-def step_budget_reference(batch_size: int, grad_accum: int, world_size: int, seq_len: int,
-                          n_rows: int) -> tuple[int, int, int]:
-    """``(rows_per_step, max_tokens_per_step, steps_per_epoch)`` of a training config.
+def step_budget_reference(lengths, batch_size: int, grad_accum: int, world_size: int,
+                          seq_len: int) -> tuple[int, int, list[int]]:
+    """``(rows_per_step, max_tokens_per_step, tokens_per_step)`` over one epoch.
 
-    One optimizer step sees ``batch_size`` rows per device per micro step, ``grad_accum``
-    micro steps, on ``world_size`` devices: ``rows = batch_size * grad_accum *
-    world_size``; at most ``rows * seq_len`` tokens (rows are padded to the longest of a
-    batch, at most ``seq_len``); ``steps_per_epoch = n_rows // rows`` whole steps in one
-    pass over ``n_rows`` rows.
+    ``lengths``: each row's token count, in the epoch's (already shuffled) order. One
+    optimizer step takes ``rows = batch_size * grad_accum * world_size`` rows: in each of
+    its ``grad_accum`` micro steps, rank ``r`` of ``world_size`` takes the ``r``-th run of
+    ``batch_size`` consecutive rows (as :class:`dllm_lesson.training.Batches` does). Every
+    rank pads its micro batch to its longest row, cut at ``seq_len``, so the batch costs
+    ``batch_size * min(longest, seq_len)`` tokens. ``tokens_per_step[k]``: the padded tokens
+    of optimizer step ``k``, summed over its micro steps and ranks, for the whole steps of
+    the epoch only (``len(lengths) // rows`` of them; the leftover rows wait for the next
+    epoch). ``max_tokens_per_step = rows * seq_len`` is the bound no step exceeds.
 
     Taught in ``12_scaling_up``.
     """
     rows = batch_size * grad_accum * world_size          # the global batch
-    return rows, rows * seq_len, n_rows // rows
+    tokens = []
+    for k in range(len(lengths) // rows):                # whole optimizer steps only
+        total = 0
+        for micro in range(grad_accum):
+            for rank in range(world_size):
+                lo = k * rows + (micro * world_size + rank) * batch_size
+                chunk = lengths[lo:lo + batch_size]      # this rank's micro batch
+                total += len(chunk) * min(max(chunk), seq_len)
+        tokens.append(total)
+    return rows, rows * seq_len, tokens
 
 
 @exercise("step_budget", "12_scaling_up", step_budget_reference)
 def _check_step_budget(candidate, reference):
     rng = random.Random(6)
-    cases = [(8, 4, 8, 512, 939_343), (16, 1, 1, 384, 3434), (32, 1, 8, 512, 10_000)]
-    cases += [(rng.randint(1, 64), rng.randint(1, 16), rng.choice([1, 2, 8, 16, 32, 64]),
-               rng.choice([128, 256, 512, 1024]), rng.randint(1, 2_000_000))
-              for _ in range(200)]
-    for case in cases:
-        expected = reference(*case)
-        got = candidate(*case)
+    cases = [([3, 5, 2, 7], 1, 1, 1, 8), ([3, 5, 2, 7, 4], 2, 1, 1, 8),
+             ([3, 5, 2, 7, 9, 1, 1, 1], 2, 2, 1, 6), ([3, 5, 2, 7, 9, 1, 1, 1], 2, 1, 2, 6)]
+    for _ in range(150):
+        b, a, w = rng.randint(1, 6), rng.randint(1, 4), rng.choice([1, 2, 3, 4])
+        seq_len = rng.choice([16, 32, 64])
+        n = rng.randint(1, 4 * b * a * w + b)
+        cases.append(([rng.randint(1, seq_len + 8) for _ in range(n)], b, a, w, seq_len))
+    for lengths, b, a, w, s in cases:
+        expected = reference(list(lengths), b, a, w, s)
+        got = candidate(list(lengths), b, a, w, s)
         try:
-            got = tuple(int(v) for v in got)
+            rows, bound, tokens = got
+            got = (int(rows), int(bound), [int(t) for t in tokens])
         except (TypeError, ValueError) as err:
-            raise AssertionError("step_budget: return (rows_per_step, "
-                                 f"max_tokens_per_step, steps_per_epoch), got {got!r}"
-                                 ) from err
+            raise AssertionError("step_budget: return (rows_per_step, max_tokens_per_step, "
+                                 f"tokens_per_step as a list), got {got!r}") from err
         if got != expected:
-            b, a, w, s, n = case
-            raise _fail("step_budget", f"batch_size={b}, grad_accum={a}, world_size={w}, "
-                        f"seq_len={s}, n_rows={n}", got, expected)
+            raise _fail("step_budget", f"lengths={lengths}, batch_size={b}, grad_accum={a}, "
+                        f"world_size={w}, seq_len={s}", got, expected)
 
 
 def mfu_reference(tokens_per_s: float, n_params: int, n_layers: int, d_model: int,
