@@ -16,13 +16,15 @@ import hashlib
 import json
 from pathlib import Path
 
-__all__ = ["RESULTS", "read_few_step_results", "plot_accuracy_by_passes"]
+__all__ = ["RESULTS", "read_few_step_results", "plot_accuracy_by_passes", "weights_sha256"]
 
 #: the results file (beside the script that regenerates it)
 RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "duo_few_steps.json"
 
 
-def _weights_sha(name: str) -> str:
+def weights_sha256(name: str) -> str:
+    """The first 12 hex digits of the sha256 of a shipped model's weights file: a results
+    file records it, so a notebook can tell when the weights it describes changed."""
     from .loading import model_path
 
     data = (model_path(name) / "model.safetensors").read_bytes()
@@ -44,7 +46,7 @@ def read_few_step_results(path=RESULTS, check_weights: bool = True) -> dict:
     results = json.loads(path.read_text())
     if check_weights:
         stale = [label for label, run in results["runs"].items()
-                 if _weights_sha(run["model"]) != run["weights_sha256"]]
+                 if weights_sha256(run["model"]) != run["weights_sha256"]]
         if stale:
             raise ValueError(f"{path.name}: the shipped weights changed since these runs were "
                              f"measured: {stale}; rerun `{results['command']}`")

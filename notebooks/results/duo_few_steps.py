@@ -13,7 +13,6 @@ interval, forward passes and self-corrections per answer).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dllm_lesson import duo, load_model, model_path
+from dllm_lesson import duo, load_model
+from dllm_lesson.duo_results import weights_sha256
 from dllm_lesson.evaluate import SHORT_TASKS, held_out_examples
 
 OUT = Path(__file__).with_suffix(".json")
@@ -34,12 +34,6 @@ RUNS = {
     "tiny-duo, predict-and-renoise (seed)": ("tiny-duo", "duo", {"sampler": "renoise"}),
     "tiny-duo-dcd, ancestral": ("tiny-duo-dcd", "duo", {"sampler": "ancestral"}),
 }
-
-
-def weights_hash(name: str) -> str:
-    """First 12 hex digits of the shipped weights' sha256 (which model the rows describe)."""
-    data = (model_path(name) / "model.safetensors").read_bytes()
-    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def main(argv=None) -> int:
@@ -61,7 +55,7 @@ def main(argv=None) -> int:
         start = time.time()
         rows = duo.accuracy_by_passes(model, tok, examples, STEPS, strategy=strategy,
                                       **options)
-        run = {"model": name, "weights_sha256": weights_hash(name), "strategy": strategy,
+        run = {"model": name, "weights_sha256": weights_sha256(name), "strategy": strategy,
                "options": options, "rows": rows, "seconds": round(time.time() - start, 1)}
         print(label, [(r["steps"], round(r["accuracy"], 3)) for r in rows], flush=True)
         if OUT.exists():               # another label may have finished meanwhile: keep it
