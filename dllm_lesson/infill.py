@@ -40,6 +40,7 @@ def infill_masked(model, tokenizer, left: str, right: str, lengths=(1, 2, 3)):
     if mask_id is None:
         raise ValueError("infill_masked needs a masked LM with a [MASK] token; for a causal "
                          "LM use infill_by_scoring")
+    specials = torch.tensor(tokenizer.all_special_ids, device=device)
     best, passes = None, 0
     for n in lengths:
         if n < 1:
@@ -50,7 +51,7 @@ def infill_masked(model, tokenizer, left: str, right: str, lengths=(1, 2, 3)):
         for _ in range(n):
             logp = model(input_ids=x).logits[0].float().log_softmax(-1)   # (L, V)
             passes += 1
-            logp[:, mask_id] = -float("inf")
+            logp[:, specials] = -float("inf")                  # words only
             still = gap[x[0, gap] == mask_id]
             conf, tok = logp[still].max(-1)
             i = int(conf.argmax())
