@@ -14,7 +14,7 @@ In a notebook::
 ``check`` raises ``AssertionError`` with the first input where your answer differs and
 prints "passed" otherwise. Every check also runs against its reference solution in
 ``tests/test_exercises.py``. The exercises live in ``part1`` (notebooks 00-03), ``part2``
-(04, 05, 12) and ``part3`` (06-10).
+(04, 05, 12), ``part3`` (06-10) and ``part4`` (11).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable
 
-PARTS = ("part1", "part2", "part3")
+PARTS = ("part1", "part2", "part3", "part4")
 
 
 @dataclass
