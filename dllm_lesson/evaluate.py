@@ -92,11 +92,12 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
     ``open_ended`` (tasks ``pair_capital``, ``pair_sound``, ``two_countries``, scored for
     consistency) and the reversal split, ``reversal_forward`` / ``reversal_backward``.
     Default tasks: the short ones and ``describe`` on the held-out splits, every task of
-    the others. An unknown split or task raises one ``ValueError`` naming the known ones.
+    the others, less those SFT gives away (``data.NOT_HELD_OUT``: ``sound`` on v2's
+    held-out entities). An unknown split or task raises one ``ValueError`` naming the known ones.
     Taught in ``02_llada_training``."""
     import random
 
-    from .data import build_corpus
+    from .data import NOT_HELD_OUT, build_corpus
 
     version = _version(version)
     check_splits(split, version)
@@ -106,6 +107,8 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
         tasks = (tasks,)
     if tasks is None:
         tasks = (SHORT_TASKS + ("describe",) if split in EVAL_SPLITS[1] else known)
+        leaked = NOT_HELD_OUT.get(version, {}).get(split, ())
+        tasks = tuple(t for t in tasks if t not in leaked)
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:

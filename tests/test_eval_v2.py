@@ -71,7 +71,8 @@ def test_unknown_split_or_task_names_the_known_ones():
 @pytest.mark.parametrize("argv,says", [
     (["--corpus-version", "2", "--split", "open_ende"], "unknown split 'open_ende' of "
      "corpus v2: choose one of heldout_entities, heldout_phrasings, open_ended"),
-    (["--split", "reversal_forward"], "'reversal_forward' needs corpus v2"),
+    (["--corpus-version", "1", "--split", "reversal_forward"],
+     "'reversal_forward' needs corpus v2"),
     (["--corpus-version", "2", "--task", "colours"], "unknown task 'colours'"),
     (["--corpus-version", "2", "--tokens-per-pass", "1", "none"], "positive integers or 'all'"),
     (["--corpus-version", "3"], "invalid choice: 3"),
