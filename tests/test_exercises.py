@@ -88,7 +88,7 @@ def test_unknown_exercise_is_a_clear_error():
 
 def test_every_exercise_has_a_rejected_wrong_answer():
     """Each checker is shown to reject at least one plausible mistake: a ``fails("name", ...)``
-    in test_exercises_part1/2/4, or a ``("name", ...)`` entry of part3's WRONG list."""
+    in test_exercises_part1/2, or a ``("name", ...)`` entry of part3's WRONG list."""
     tested = set()
     for path in sorted((REPO / "tests").glob("test_exercises_part*.py")):
         text = path.read_text()
