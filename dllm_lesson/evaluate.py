@@ -305,6 +305,37 @@ def consistency_by_parallelism(model, tokenizer, examples, tokens_per_pass=(1, 2
     return out
 
 
+def joint_and_product(model, input_ids, pos_a: int, pos_b: int, top: int = 8) -> dict:
+    """What one forward pass can and cannot tell about two masked positions.
+
+    ``input_ids`` (L,) holds ``[MASK]`` at ``pos_a`` and ``pos_b``. One pass gives each
+    position its own distribution, ``p_a`` and ``p_b``; committing both from that pass
+    draws the pair from their **product** ``p_a(x) p_b(y)``. Committing ``pos_a`` first
+    and asking again gives the **joint** ``p_a(x) p(y | x at pos_a)`` (one more pass per
+    candidate ``x``, batched). Where the right pairs depend on each other (a country and
+    its capital, two different countries), the product puts mass on pairs no right answer
+    contains; the joint does not, as far as the model knows.
+
+    Returns ``cand_a``, ``cand_b`` (the ``top`` most likely tokens of each position in the
+    first pass, (top,)), ``p_a``, ``p_b`` (their probabilities, (top,)), ``product`` and
+    ``joint`` ((top, top), rows: ``cand_a``, columns: ``cand_b``). Taught in
+    ``05_remasking_and_parallel_decoding``.
+    """
+    import torch
+
+    ids = torch.as_tensor(input_ids).reshape(-1)                     # (L,)
+    with torch.no_grad():
+        probs = model(input_ids=ids[None]).logits[0].double().softmax(-1)  # (L, V)
+        p_a, cand_a = probs[pos_a].topk(top)                         # (top,)
+        p_b, cand_b = probs[pos_b].topk(top)
+        fixed = ids.repeat(top, 1)                                   # (top, L)
+        fixed[:, pos_a] = cand_a                                     # each candidate in
+        given = model(input_ids=fixed).logits[:, pos_b].double().softmax(-1)  # (top, V)
+    return {"cand_a": cand_a, "cand_b": cand_b, "p_a": p_a, "p_b": p_b,
+            "product": p_a[:, None] * p_b[None, :],
+            "joint": p_a[:, None] * given[:, cand_b]}
+
+
 def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
                         seq_len: int = 128, seed: int = 0, counts: bool = False,
                         version: int | None = None) -> dict[float, float]:
