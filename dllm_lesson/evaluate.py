@@ -582,9 +582,10 @@ def format_table(results: dict) -> str:
     if reversal:
         lines.append("\nReversal: facts the pretraining text states one way only, asked "
                      "forward and backward (exact match, 95% interval)")
-        lines.append(f"{'model':<12}{'decoding':<18}{'forward':>24}{'backward':>24}")
+        w = max(12, 2 + max(len(name) for name, *_ in reversal))   # a path can be long
+        lines.append(f"{'model':<{w}}{'decoding':<18}{'forward':>24}{'backward':>24}")
         for name, label, fw, bw in reversal:
-            lines.append(f"{name:<12}{label:<18}"
+            lines.append(f"{name:<{w}}{label:<18}"
                          + "".join(f"{ev['accuracy']:>7.3f} {_ci(ev['accuracy_ci']):>16}"
                                    for ev in (fw, bw)))
     for name, res in results.items():
