@@ -75,9 +75,9 @@ def infill_by_scoring(model, tokenizer, left: str, right: str, candidates, batch
     if not candidates:
         raise ValueError("infill_by_scoring needs at least one candidate")
     scores = []
-    for i in range(0, len(candidates), batch_size):
-        from .training import collate
+    from .training import collate
 
+    for i in range(0, len(candidates), batch_size):
         rows = [sentence_ids(tokenizer, left, " " + c.strip(), right)
                 for c in candidates[i:i + batch_size]]
         batch = collate([(ids, [1] * len(ids)) for ids in rows], tokenizer.pad_token_id)

@@ -163,3 +163,7 @@ def test_heldout_answers_not_stated_in_sft_but_the_known_leak(v2):
     asked = {ex.task for ex in held_out_examples("heldout_entities", version=2)}
     assert "sound" not in asked and {"capital", "describe", "legs"} <= asked
     assert {ex.task for ex in held_out_examples("heldout_entities", version=1)} >= {"sound"}
+    from dllm_lesson.evaluate import SHORT_TASKS, not_leaked
+    assert not_leaked(SHORT_TASKS, version=2) == tuple(t for t in SHORT_TASKS if t != "sound")
+    assert not_leaked(SHORT_TASKS, version=1) == SHORT_TASKS
+    assert not_leaked(("sound",), "heldout_phrasings", version=2) == ("sound",)
