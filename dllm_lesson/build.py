@@ -42,13 +42,13 @@ from pathlib import Path
 import torch
 
 from .cards import machine, model_card
+from .data import CORPUS_VERSION  # the generated corpus every stage trains on
 from .training import TINY_MODEL, TrainConfig, init_model, latest_checkpoint, train
 
 MODEL_FILES = ("config.json", "model.safetensors")   # shipped beside the tokenizer's files
 MODEL_CONFIG = dict(TINY_MODEL, num_hidden_layers=6, global_attn_every_n_layers=3)
 RUN_RECORD = "build_run.json"       # a stage's figures (steps, tokens, wall time, loss)
 MODELS = ("tiny-bert", "tiny-dllm", "tiny-ar", "tiny-duo", "tiny-duo-dcd")  # build order
-CORPUS_VERSION = 2                  # the generated corpus every stage trains on
 #: the models each one starts from
 NEEDS = {"tiny-bert": set(), "tiny-dllm": {"tiny-bert"}, "tiny-ar": set(),
          "tiny-duo": {"tiny-dllm"}, "tiny-duo-dcd": {"tiny-duo"}}

@@ -35,7 +35,7 @@ from . import phrasing
 from .facts import ANIMALS, COLOURS, COUNTRIES, NUMBER_WORDS
 
 #: the corpus the shipped models were trained on (v2 is built with ``version=2``)
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 VERSIONS = (1, 2)
 DEFAULT_SEED = 0
 
@@ -375,6 +375,13 @@ def _pretrain_documents(rng: random.Random, facts: list[str]) -> list[str]:
 
 
 # -- corpus v2 ------------------------------------------------------------------------------
+#: held-out tasks whose answers SFT states elsewhere, so that they are not held out. In v2,
+#: the open-ended task ``pair_sound`` ("Give an animal and the sound it makes.") draws its
+#: answers from every animal, the held-out ones too: SFT shows "A horse neighs.", the
+#: answer to a held-out ``sound`` question. Found after the v2 models were built; changing
+#: the generator would change the corpus they were trained on, so ``eval`` leaves these
+#: tasks out of its default questions instead (a later corpus version should fix the draw).
+NOT_HELD_OUT = {2: {"heldout_entities": ("sound",)}}
 #: countries whose capital fact pretraining states in one direction only ("The capital of X
 #: is Y.", never "Y is the capital of X."), never asked about their capital in SFT
 N_REVERSAL = 30

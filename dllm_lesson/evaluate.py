@@ -84,6 +84,16 @@ def check_splits(splits, version: int | None = None) -> tuple[str, ...]:
     return tuple(splits)
 
 
+def not_leaked(tasks, split: str = "heldout_entities", version: int | None = None) -> tuple:
+    """``tasks`` less those that SFT gives away on ``split`` of corpus ``version`` (default:
+    the course's), as listed in ``data.NOT_HELD_OUT``: ``sound`` on v2's held-out
+    entities. Taught in ``02_llada_training``."""
+    from .data import NOT_HELD_OUT
+
+    leaked = NOT_HELD_OUT.get(_version(version), {}).get(split, ())
+    return tuple(t for t in tasks if t not in leaked)
+
+
 def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | None = None,
                       seed: int = 0, version: int | None = None):
     """Held-out corpus rows (``Example``) of the given tasks, a fixed subsample if
@@ -92,7 +102,8 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
     ``open_ended`` (tasks ``pair_capital``, ``pair_sound``, ``two_countries``, scored for
     consistency) and the reversal split, ``reversal_forward`` / ``reversal_backward``.
     Default tasks: the short ones and ``describe`` on the held-out splits, every task of
-    the others. An unknown split or task raises one ``ValueError`` naming the known ones.
+    the others, less those SFT gives away (``data.NOT_HELD_OUT``: ``sound`` on v2's
+    held-out entities). An unknown split or task raises one ``ValueError`` naming the known ones.
     Taught in ``02_llada_training``."""
     import random
 
@@ -105,7 +116,8 @@ def held_out_examples(split: str = "heldout_entities", tasks=None, limit: int | 
     if isinstance(tasks, str):
         tasks = (tasks,)
     if tasks is None:
-        tasks = (SHORT_TASKS + ("describe",) if split in EVAL_SPLITS[1] else known)
+        tasks = not_leaked(SHORT_TASKS + ("describe",) if split in EVAL_SPLITS[1] else known,
+                           split, version)
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
@@ -300,6 +312,37 @@ def consistency_by_parallelism(model, tokenizer, examples, tokens_per_pass=(1, 2
                               **options)
         out[k] = {key: ev[key] for key in keep}
     return out
+
+
+def joint_and_product(model, input_ids, pos_a: int, pos_b: int, top: int = 8) -> dict:
+    """What one forward pass can and cannot tell about two masked positions.
+
+    ``input_ids`` (L,) holds ``[MASK]`` at ``pos_a`` and ``pos_b``. One pass gives each
+    position its own distribution, ``p_a`` and ``p_b``; committing both from that pass
+    draws the pair from their **product** ``p_a(x) p_b(y)``. Committing ``pos_a`` first
+    and asking again gives the **joint** ``p_a(x) p(y | x at pos_a)`` (one more pass per
+    candidate ``x``, batched). Where the right pairs depend on each other (a country and
+    its capital, two different countries), the product puts mass on pairs no right answer
+    contains; the joint does not, as far as the model knows.
+
+    Returns ``cand_a``, ``cand_b`` (the ``top`` most likely tokens of each position in the
+    first pass, (top,)), ``p_a``, ``p_b`` (their probabilities, (top,)), ``product`` and
+    ``joint`` ((top, top), rows: ``cand_a``, columns: ``cand_b``). Taught in
+    ``05_remasking_and_parallel_decoding``.
+    """
+    import torch
+
+    ids = torch.as_tensor(input_ids).reshape(-1)                     # (L,)
+    with torch.no_grad():
+        probs = model(input_ids=ids[None]).logits[0].double().softmax(-1)  # (L, V)
+        p_a, cand_a = probs[pos_a].topk(top)                         # (top,)
+        p_b, cand_b = probs[pos_b].topk(top)
+        fixed = ids.repeat(top, 1)                                   # (top, L)
+        fixed[:, pos_a] = cand_a                                     # each candidate in
+        given = model(input_ids=fixed).logits[:, pos_b].double().softmax(-1)  # (top, V)
+    return {"cand_a": cand_a, "cand_b": cand_b, "p_a": p_a, "p_b": p_b,
+            "product": p_a[:, None] * p_b[None, :],
+            "joint": p_a[:, None] * given[:, cand_b]}
 
 
 def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
@@ -548,9 +591,10 @@ def format_table(results: dict) -> str:
     if reversal:
         lines.append("\nReversal: facts the pretraining text states one way only, asked "
                      "forward and backward (exact match, 95% interval)")
-        lines.append(f"{'model':<12}{'decoding':<18}{'forward':>24}{'backward':>24}")
+        w = max(12, 2 + max(len(name) for name, *_ in reversal))   # a path can be long
+        lines.append(f"{'model':<{w}}{'decoding':<18}{'forward':>24}{'backward':>24}")
         for name, label, fw, bw in reversal:
-            lines.append(f"{name:<12}{label:<18}"
+            lines.append(f"{name:<{w}}{label:<18}"
                          + "".join(f"{ev['accuracy']:>7.3f} {_ci(ev['accuracy_ci']):>16}"
                                    for ev in (fw, bw)))
     for name, res in results.items():

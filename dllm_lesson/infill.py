@@ -75,15 +75,13 @@ def infill_by_scoring(model, tokenizer, left: str, right: str, candidates, batch
     if not candidates:
         raise ValueError("infill_by_scoring needs at least one candidate")
     scores = []
+    from .training import collate
+
     for i in range(0, len(candidates), batch_size):
         rows = [sentence_ids(tokenizer, left, " " + c.strip(), right)
                 for c in candidates[i:i + batch_size]]
-        L = max(map(len, rows))
-        x = torch.full((len(rows), L), tokenizer.pad_token_id, device=device)
-        am = torch.zeros_like(x)
-        for r, ids in enumerate(rows):
-            x[r, :len(ids)] = torch.tensor(ids, device=device)
-            am[r, :len(ids)] = 1
+        batch = collate([(ids, [1] * len(ids)) for ids in rows], tokenizer.pad_token_id)
+        x, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         logp = model(input_ids=x, attention_mask=am).logits.float().log_softmax(-1)
         nxt = logp[:, :-1].gather(-1, x[:, 1:, None])[..., 0]          # (R, L - 1)
         scores += (nxt * am[:, 1:]).sum(1).tolist()

@@ -409,11 +409,15 @@ class ModernBert(nn.Module):
         return self.embeddings.tok_embeddings(input_ids)  # (B, L, H)
 
     def _run(self, h, start, key_mask, cache=None, collect=False, positions=None,
-             per_row=False):
+             per_row=False, head_at=None):
         """Layers + head for hidden states h (B, W, H) at sequence indices
         start .. start+W-1; ``positions`` (B, W) their RoPE positions (default: the
         indices). ``per_row``: attention row by row over each row's real tokens
         (:class:`RowSpans`), when ``key_mask`` pads some row.
+
+        ``head_at=(lo, hi)``: the head and vocabulary projection only at window
+        positions ``lo:hi`` (logits (B, hi - lo, V)); the other positions' logits are
+        never read by a decoder, and the projection dominates a small model's cost.
 
         Returns logits (B, W, V) and, with ``collect``, every layer's K and V.
         """
@@ -439,6 +443,8 @@ class ModernBert(nn.Module):
             if collect:
                 keys.append(k.contiguous())
                 values.append(v.contiguous())
+        if head_at is not None:
+            h = h[:, head_at[0]:head_at[1]]                    # (B, hi - lo, H)
         logits = self.decoder(self.head(self.final_norm(h)))  # (B, W, V)
         return logits, keys, values
 
@@ -451,13 +457,14 @@ class ModernBert(nn.Module):
                              f"got {tuple(position_ids.shape)}.")
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None,
-                position_ids=None, per_row=False):
+                position_ids=None, per_row=False, head_at=None):
         """Logits (B, L, V) for ids (B, L) or embeddings (B, L, H); mask (B, L), 1 = real.
 
         Taught in ``04_block_generation_and_kv_cache``. Returns an object with
         ``.logits``, like transformers. ``position_ids`` (B, L): RoPE positions (for
         left padding, as in transformers). ``per_row=True``: a padded row gets bit for bit
         the logits it gets alone (:class:`RowSpans`; batched decoding uses it).
+        ``head_at=(lo, hi)``: logits (B, hi - lo, V) of positions ``lo:hi`` only.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids (B, L) or inputs_embeds "
@@ -474,17 +481,18 @@ class ModernBert(nn.Module):
         B, L, _ = h.shape
         self._check_mask(attention_mask, B, L, position_ids)
         logits, _, _ = self._run(h, 0, attention_mask, positions=position_ids,
-                                 per_row=per_row)
+                                 per_row=per_row, head_at=head_at)
         return MaskedLMOutput(logits=logits)
 
     @torch.no_grad()
     def build_cache(self, input_ids, attention_mask=None, position_ids=None,
-                    per_row=False) -> tuple[torch.Tensor, KVCache]:
+                    per_row=False, head_at=None) -> tuple[torch.Tensor, KVCache]:
         """Full forward that also keeps every layer's K and V: (logits (B, L, V), cache).
 
         Taught in ``04_block_generation_and_kv_cache``. Run it at the start of a block
         (or at every step for the exact, uncached result). ``position_ids`` and
-        ``per_row`` as in :meth:`forward`; the cache keeps them for the window passes.
+        ``per_row`` and ``head_at`` as in :meth:`forward`; the cache keeps the first
+        two for the window passes.
         """
         if input_ids.dim() != 2:
             raise ValueError("input_ids must be (B, L); use ids[None] for one sequence.")
@@ -492,11 +500,12 @@ class ModernBert(nn.Module):
         self._check_mask(attention_mask, B, L, position_ids)
         logits, keys, values = self._run(self.embeddings(input_ids), 0, attention_mask,
                                          collect=True, positions=position_ids,
-                                         per_row=per_row)
+                                         per_row=per_row, head_at=head_at)
         return logits, KVCache(keys, values, attention_mask, position_ids, per_row)
 
     @torch.no_grad()
-    def forward_window(self, window_ids, start: int, cache: KVCache) -> torch.Tensor:
+    def forward_window(self, window_ids, start: int, cache: KVCache,
+                       head_at=None) -> torch.Tensor:
         """Recompute only positions ``start .. start+W-1``: logits (B, W, V).
 
         Taught in ``04_block_generation_and_kv_cache``. Queries are the W window
@@ -504,6 +513,7 @@ class ModernBert(nn.Module):
         fresh ones (in place). Prefix cache: window = [block_start, L); dual cache:
         window = [block_start, block_end). If the cache was built on the current
         sequence the logits equal ``forward(...).logits[:, start:start+W]``.
+        ``head_at=(lo, hi)``: logits of window positions ``lo:hi`` only.
         """
         if window_ids.dim() != 2:
             raise ValueError("window_ids must be (B, W); use ids[None] for one sequence.")
@@ -516,7 +526,8 @@ class ModernBert(nn.Module):
         positions = (None if cache.position_ids is None
                      else cache.position_ids[:, start:start + W])
         logits, _, _ = self._run(self.embeddings(window_ids), start, cache.attention_mask,
-                                 cache=cache, positions=positions, per_row=cache.per_row)
+                                 cache=cache, positions=positions, per_row=cache.per_row,
+                                 head_at=head_at)
         return logits  # (B, W, V)
 
     # -- loading ----------------------------------------------------------------------

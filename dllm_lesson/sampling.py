@@ -436,20 +436,29 @@ class _Forward:
             self.nfe[r] += 1
         xr, kw = self._inputs(x, rows)
         if self.cache is None:
+            span = (a0 - self.shift, a0 + A - self.shift)
+            if self.per_row:   # the head only where the answer's logits are read
+                return 0, A, self.model(input_ids=xr, head_at=span, **kw).logits
             logits = self.model(input_ids=xr, **kw).logits           # (R, L, V)
-            return 0, A, logits[:, a0 - self.shift:a0 + A - self.shift]
+            return 0, A, logits[:, span[0]:span[1]]
         if self.kv is None or self.refresh == "step":
-            logits, self.kv = self.model.build_cache(xr, **kw)      # (R, L, V), cache
+            if self.per_row:   # the head only at the answer
+                kw["head_at"] = (a0, a0 + A)
+            logits, self.kv = self.model.build_cache(xr, **kw)      # (R, A or L, V)
             self.kv_rows = list(rows)
-            return 0, A, logits[:, a0:a0 + A]
+            return 0, A, logits if self.per_row else logits[:, a0:a0 + A]
         if rows != self.kv_rows:   # rows that finished the block leave the cache
             self.kv = self.kv.select([self.kv_rows.index(r) for r in rows])
             self.kv_rows = list(rows)
         lo = a0 + bs
         hi = x.shape[1] if self.cache == "prefix" else a0 + be
-        logits = self.model.forward_window(xr[:, lo:hi], lo, self.kv)  # (R, hi - lo, V)
-        hi = min(hi, a0 + A)                                         # drop the final [SEP]
-        return bs, hi - a0, logits[:, :hi - lo]
+        end = min(hi, a0 + A)                                        # drop the final [SEP]
+        window = xr[:, lo:hi]
+        if self.per_row:
+            logits = self.model.forward_window(window, lo, self.kv, head_at=(0, end - lo))
+        else:
+            logits = self.model.forward_window(window, lo, self.kv)[:, :end - lo]
+        return bs, end - a0, logits                                  # (R, end - lo, V)
 
     def probe(self, x, mask_id, row, answer, hide):
         """One more full pass of row ``row`` (alone, without its padding) with the

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from . import losses, noise
+from .data import CORPUS_VERSION
 
 OBJECTIVES = ("mlm", "llada", "duo", "dcd", "ar")
 #: objectives that train a causal (left-to-right) LM instead of a masked one
@@ -59,7 +60,8 @@ class TrainConfig:
     chat_template: str | None = None  # "course": the course's template replaces the
     #                                   tokenizer's own (build-models sets it on each stage)
     dataset: str = "offline"          # "offline", a .jsonl file / folder, or a hub id
-    corpus_version: int = 1           # "offline": which generated corpus (1 or 2)
+    corpus_version: int = CORPUS_VERSION  # "offline": which generated corpus (1 or 2);
+    #                                   default: the one the shipped models were trained on
     dataset_split: str | None = None  # default: "pretrain" (text) / "sft" (chat), hub "train"
     data: str = "chat"                # text (packed plain text) | chat (messages)
     text_mix: float = 0.0             # chat runs: fraction of steps trained on plain text

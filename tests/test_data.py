@@ -1,5 +1,6 @@
-"""The offline corpus: deterministic files, well-formed rows, and no leakage from the
-held-out splits into SFT."""
+"""The offline corpus v1 (the first shipped models' world): deterministic files,
+well-formed rows, and no leakage from the held-out splits into SFT. Corpus v2, the world
+of today's models, is tested in test_corpus_v2.py."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from dllm_lesson.data import N_HELDOUT_PHRASINGS, QUESTIONS, write_corpus
+from dllm_lesson.data import N_HELDOUT_PHRASINGS, QUESTIONS, build_corpus, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["heldout_entities.jsonl", "heldout_phrasings.jsonl", "pretrain.jsonl", "sft.jsonl"]
 # one answer states one entity's facts; describe_many answers are describe paragraphs
 FAMILY = {"describe_many": "describe"}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """Corpus v1 for seed 0."""
+    return build_corpus(0, version=1)
 
 
 def family(task: str) -> str:
@@ -31,13 +38,13 @@ def read_files(folder: Path) -> dict[str, bytes]:
 
 # -- determinism ------------------------------------------------------------------------
 def test_same_seed_gives_byte_identical_files(tmp_path):
-    a = read_files(write_corpus(tmp_path / "a", seed=0))
-    b = read_files(write_corpus(tmp_path / "b", seed=0))
+    a = read_files(write_corpus(tmp_path / "a", seed=0, version=1))
+    b = read_files(write_corpus(tmp_path / "b", seed=0, version=1))
     assert sorted(a) == FILES
     assert a == b
     # another process with another hash seed (set iteration order changes) agrees
     code = ("import sys; from dllm_lesson.data import write_corpus; "
-            "write_corpus(sys.argv[1])")
+            "write_corpus(sys.argv[1], version=1)")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], check=True,
                    cwd=ROOT, env=env)
@@ -45,13 +52,13 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def test_other_seed_gives_other_files(tmp_path):
-    a = read_files(write_corpus(tmp_path / "a", seed=0))
-    b = read_files(write_corpus(tmp_path / "b", seed=1))
+    a = read_files(write_corpus(tmp_path / "a", seed=0, version=1))
+    b = read_files(write_corpus(tmp_path / "b", seed=1, version=1))
     assert a["sft.jsonl"] != b["sft.jsonl"] and a["pretrain.jsonl"] != b["pretrain.jsonl"]
 
 
 def test_rows_are_well_formed(tmp_path):
-    folder = write_corpus(tmp_path, seed=0)
+    folder = write_corpus(tmp_path, seed=0, version=1)
     for line in (folder / "pretrain.jsonl").read_text(encoding="utf-8").splitlines():
         assert set(json.loads(line)) == {"text"}
     for name in FILES[:2] + ["sft.jsonl"]:
@@ -156,7 +163,7 @@ def test_load_chat_dataset_offline(corpus, tmp_path, monkeypatch):
     from dllm_lesson.data import load_chat_dataset
 
     monkeypatch.setenv("HOME", str(tmp_path))  # corpus_dir caches under ~/.cache
-    ds = load_chat_dataset("offline", split="heldout_phrasings")
+    ds = load_chat_dataset("offline", split="heldout_phrasings", version=1)
     assert len(ds) == len(corpus.heldout_phrasings)
     assert ds[0]["messages"][1]["content"] == corpus.heldout_phrasings[0].answer
     with pytest.raises(ValueError, match="split"):

@@ -71,7 +71,8 @@ def test_unknown_split_or_task_names_the_known_ones():
 @pytest.mark.parametrize("argv,says", [
     (["--corpus-version", "2", "--split", "open_ende"], "unknown split 'open_ende' of "
      "corpus v2: choose one of heldout_entities, heldout_phrasings, open_ended"),
-    (["--split", "reversal_forward"], "'reversal_forward' needs corpus v2"),
+    (["--corpus-version", "1", "--split", "reversal_forward"],
+     "'reversal_forward' needs corpus v2"),
     (["--corpus-version", "2", "--task", "colours"], "unknown task 'colours'"),
     (["--corpus-version", "2", "--tokens-per-pass", "1", "none"], "positive integers or 'all'"),
     (["--corpus-version", "3"], "invalid choice: 3"),
@@ -209,3 +210,14 @@ def test_format_table_prints_the_v2_rows():
     i = next(j for j, line in enumerate(lines) if "by tokens per forward pass" in line)
     assert lines[i + 2].split() == ["1", "0.900", "[0.800,", "0.950]", "32.0", "1.00", "10"]
     assert lines[i + 3].split() == ["all", "0.200", "[0.050,", "0.500]", "1.0", "32.00", "10"]
+
+
+def test_format_table_reversal_rows_keep_a_long_model_path_apart():
+    ev = {"accuracy": 0.5, "accuracy_ci": (0.2, 0.8), "n": 4, "metric": "exact match",
+          "mean_nfe": 8.0, "corrections_per_answer": 0.0, "answers_with_correction": 0.0,
+          "per_task": {"capital": 0.5}, "per_task_ci": {"capital": (0.2, 0.8)}}
+    name = "/a/long/folder/of/models/tiny-dllm"
+    text = evaluate.format_table({name: {"reversal_forward_greedy": ev,
+                                         "reversal_backward_greedy": ev}})
+    row = next(line for line in text.splitlines() if line.startswith(name + " "))
+    assert row.split()[:2] == [name, "greedy"]

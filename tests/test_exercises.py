@@ -30,6 +30,7 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "dual_cache_block": "04_block_generation_and_kv_cache",
     "select_positions": "05_remasking_and_parallel_decoding",
     "threshold_commit": "05_remasking_and_parallel_decoding",
+    "joint_pair": "05_remasking_and_parallel_decoding",
     "remask_positions": "05_remasking_and_parallel_decoding",
     "flip_probability_v2": "06_duo_gaussian_noise",
     "corrupt_tokens": "06_duo_gaussian_noise",

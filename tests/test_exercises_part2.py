@@ -528,3 +528,70 @@ def test_mfu_wrong_answers_fail():
     fails("mfu", lambda tok, n, nl, d, s, peak: 2 * n * tok / peak)          # forward only
     fails("mfu", lambda tok, n, nl, d, s, peak: (6 * n + 12 * nl * d * s) * tok / peak
           * 100)                                                            # percent
+
+
+# -- 05: dependent tokens ------------------------------------------------------------------
+def _one_pass(model, ids, pos_a, pos_b, top):
+    probs = model(input_ids=ids[None]).logits[0].double().softmax(-1)
+    p_a, a = probs[pos_a].topk(top)
+    p_b, b = probs[pos_b].topk(top)
+    return probs, p_a, a, p_b, b
+
+
+def test_joint_pair_wrong_answers_fail():
+    def product_twice(model, ids, pos_a, pos_b, top):      # "joint" from the same pass
+        _, p_a, _, p_b, _ = _one_pass(model, ids, pos_a, pos_b, top)
+        table = p_a[:, None] * p_b[None, :]
+        return table, table
+
+    def conditional_only(model, ids, pos_a, pos_b, top):   # forgets the factor p_a(a_i)
+        _, p_a, a, p_b, b = _one_pass(model, ids, pos_a, pos_b, top)
+        fixed = ids.repeat(top, 1)
+        fixed[:, pos_a] = a
+        given = model(input_ids=fixed).logits[:, pos_b].double().softmax(-1)
+        return p_a[:, None] * p_b[None, :], given[:, b]
+
+    def columns_from_second_pass(model, ids, pos_a, pos_b, top):  # other candidates
+        _, p_a, a, p_b, b = _one_pass(model, ids, pos_a, pos_b, top)
+        fixed = ids.repeat(top, 1)
+        fixed[:, pos_a] = a
+        given = model(input_ids=fixed).logits[:, pos_b].double().softmax(-1)
+        return p_a[:, None] * p_b[None, :], p_a[:, None] * given.topk(top).values
+
+    for wrong in (product_twice, conditional_only, columns_from_second_pass):
+        fails("joint_pair", wrong)
+
+
+def test_joint_and_product_see_a_dependency_one_pass_cannot():
+    """A toy LM whose position 1 copies whatever stands at position 0 (and is unsure what
+    that is while position 0 is masked): the joint puts all its mass on the diagonal,
+    pairs (x, x); the product of the one-pass marginals spreads it over every pair."""
+    from dllm_lesson.evaluate import joint_and_product
+
+    V, mask_id = 5, 4
+
+    class Copier:
+        def __call__(self, input_ids):
+            class Out:
+                pass
+            ids = torch.as_tensor(input_ids)
+            logits = torch.zeros(ids.shape[0], ids.shape[1], V, dtype=torch.float64)
+            logits[:, :, mask_id] = -1e9
+            logits[:, 0, :mask_id] = torch.tensor([2.0, 1.0, 0.5, 0.0])  # unsure
+            for r in range(ids.shape[0]):
+                if ids[r, 0] != mask_id:               # copy a known first token
+                    logits[r, 1, :] = -1e9
+                    logits[r, 1, ids[r, 0]] = 0.0
+                else:                                  # else: as unsure as position 0
+                    logits[r, 1, :mask_id] = torch.tensor([2.0, 1.0, 0.5, 0.0])
+            out = Out()
+            out.logits = logits
+            return out
+
+    out = joint_and_product(Copier(), torch.tensor([mask_id, mask_id, 3]), 0, 1, top=4)
+    assert out["cand_a"].tolist() == out["cand_b"].tolist() == [0, 1, 2, 3]
+    joint, product = out["joint"], out["product"]
+    assert torch.allclose(joint, torch.diag(out["p_a"]), atol=1e-9)       # pairs (x, x)
+    assert abs(float(joint.sum()) - 1) < 1e-9
+    off_diagonal = float(product.sum() - product.diagonal().sum())
+    assert 0.5 < off_diagonal < 0.7                    # most of the product is mixed pairs

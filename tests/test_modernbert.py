@@ -359,3 +359,22 @@ def test_compare_speed_returns_two_times(tmp_path):
     random_hf(tiny_config(), 7).save_pretrained(tmp_path)
     ours_s, theirs_s = compare_speed(Path(tmp_path), seq_len=16, repeats=2)
     assert ours_s > 0 and theirs_s > 0
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_head_at_gives_the_slice_of_the_full_logits(cached_setup, padded):
+    """``head_at=(lo, hi)`` runs the head only at positions lo:hi (decoding reads only
+    the answer's logits): the same numbers as slicing the full logits, in every path."""
+    _, ours, x0 = cached_setup
+    mask = padding_mask(2, 36, torch.Generator().manual_seed(1)) if padded else None
+    with torch.no_grad():
+        full = ours(input_ids=x0, attention_mask=mask, per_row=padded).logits  # (B, L, V)
+        part = ours(input_ids=x0, attention_mask=mask, per_row=padded,
+                    head_at=(12, 30)).logits
+        built, cache = ours.build_cache(x0, mask, per_row=padded, head_at=(12, 30))
+        window = ours.forward_window(x0[:, 12:36], 12, cache)               # (B, 24, V)
+        head = ours.forward_window(x0[:, 12:36], 12, cache, head_at=(0, 18))
+    assert part.shape == built.shape == head.shape == (2, 18, 97)
+    assert torch.allclose(part, full[:, 12:30], atol=1e-6)
+    assert torch.allclose(built, full[:, 12:30], atol=1e-6)
+    assert torch.allclose(head, window[:, :18], atol=1e-6)

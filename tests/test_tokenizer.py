@@ -150,3 +150,15 @@ def test_ensure_chat_template(tokenizer_dir):
     tok.mask_token = None
     with pytest.raises(ValueError, match="mask"):
         ensure_chat_template(tok)
+
+
+def test_build_tokenizer_is_the_shipped_one(course_tokenizer):
+    # build-models trains tiny-bert from scratch with build_tokenizer(): it must give the
+    # vocabulary every shipped checkpoint was trained with (pinned to corpus v1's texts)
+    from transformers import AutoTokenizer
+
+    from dllm_lesson.loading import model_path
+
+    for name in ("tiny-bert", "tiny-dllm"):
+        shipped = AutoTokenizer.from_pretrained(str(model_path(name)))
+        assert shipped.get_vocab() == course_tokenizer.get_vocab(), name

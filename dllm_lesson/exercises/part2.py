@@ -1,5 +1,5 @@
 """Exercises of notebooks 04, 05 and 12: several tokens per step, blocks, KV cache windows,
-remasking and threshold decoding, and the arithmetic of scaling up.
+remasking, threshold decoding and dependent tokens, and the arithmetic of scaling up.
 
 Each exercise is a slow, obvious reference (the ``*_reference`` functions) and a checker
 ``_check_<name>(candidate, reference)`` that draws random inputs from a seeded generator
@@ -420,6 +420,69 @@ def _check_remask_positions(candidate, reference):
                         f"max_remask={max_remask},\n"
                         f"  current_prob={[round(float(p), 3) for p in current_prob]},\n"
                         f"  committed={committed.int().tolist()}", got, expected)
+
+
+def joint_pair_reference(model, input_ids: torch.Tensor, pos_a: int, pos_b: int,
+                         top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two masked positions, two ways of choosing their pair: ``(product, joint)``, each
+    ``(top, top)``, rows the ``top`` most likely tokens at ``pos_a`` in one forward pass
+    (most likely first), columns those at ``pos_b``.
+
+    ``product[i, j] = p_a(a_i) p_b(b_j)``, both from that one pass (what committing both
+    positions in the same step samples from); ``joint[i, j] = p_a(a_i) p(b_j | a_i)``,
+    where ``p(. | a_i)`` is ``pos_b``'s distribution in a second pass with ``a_i`` written
+    at ``pos_a`` (what committing ``pos_a`` first, then ``pos_b``, samples from).
+    ``model(input_ids=ids).logits``: (B, L, V); ``input_ids`` (L,).
+
+    The library's version is :func:`dllm_lesson.evaluate.joint_and_product`. Taught in
+    ``05_remasking_and_parallel_decoding``.
+    """
+    from ..evaluate import joint_and_product
+
+    out = joint_and_product(model, input_ids, pos_a, pos_b, top)
+    return out["product"], out["joint"]
+
+
+class _PairModel:
+    """A toy LM whose prediction at each position depends on the tokens elsewhere."""
+
+    def __init__(self, g: torch.Generator, V: int, L: int):
+        self.base = torch.randn(L, V, generator=g, dtype=torch.float64) * 2   # (L, V)
+        self.pull = torch.randn(V, V, generator=g, dtype=torch.float64) * 2   # (V, V)
+
+    def __call__(self, input_ids):
+        class Out:
+            pass
+        ids = torch.as_tensor(input_ids)                                     # (B, L)
+        ctx = self.pull[ids].sum(dim=1, keepdim=True) - self.pull[ids]       # (B, L, V)
+        out = Out()
+        out.logits = self.base[None] + ctx / ids.shape[1]
+        return out
+
+
+@exercise("joint_pair", "05_remasking_and_parallel_decoding", joint_pair_reference)
+def _check_joint_pair(candidate, reference):
+    g = torch.Generator().manual_seed(12)
+    for trial in range(40):
+        V, L = int(torch.randint(6, 30, (1,), generator=g)), int(torch.randint(3, 9, (1,),
+                                                                                generator=g))
+        model, mask_id = _PairModel(g, V, L), V - 1
+        ids = torch.randint(0, V - 1, (L,), generator=g)
+        pos_a, pos_b = torch.randperm(L, generator=g)[:2].tolist()
+        ids[pos_a] = ids[pos_b] = mask_id
+        top = int(torch.randint(2, min(V, 6), (1,), generator=g))
+        inputs = f"V={V}, L={L}, input_ids={ids.tolist()}, pos_a={pos_a}, pos_b={pos_b}, " \
+                 f"top={top}"
+        want_product, want_joint = reference(model, ids.clone(), pos_a, pos_b, top)
+        got = candidate(model, ids.clone(), pos_a, pos_b, top)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise AssertionError(f"joint_pair: return (product, joint), got {type(got)}")
+        for what, have, want in (("product", got[0], want_product),
+                                 ("joint", got[1], want_joint)):
+            have = torch.as_tensor(have, dtype=torch.float64)
+            if have.shape != want.shape or not torch.allclose(have, want, atol=1e-6):
+                raise _fail("joint_pair", f"{inputs} ({what})",
+                            have.numpy().round(4).tolist(), want.numpy().round(4).tolist())
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Precompute the decoding comparisons of notebooks 04 and 05 on 200 held-out questions.
+"""Precompute the decoding comparisons of notebooks 04 and 05 on 200 held-out questions
+(and 208 open-ended ones).
 
     python notebooks/results/decoding_comparisons.py            # writes decoding_comparisons.json
     python notebooks/results/decoding_comparisons.py --limit 10 --out /tmp/check.json
@@ -8,6 +9,11 @@ tasks, a fixed subsample) with ``evaluate.evaluate_answers``, the scoring loop b
 ``python -m dllm_lesson eval``, and records per question whether the answer was right, so
 the notebooks can give 95% intervals and paired comparisons. The notebooks read the JSON
 and re-decode a few questions to check that it still matches what this script produces.
+
+A second set, ``open_ended``, decodes every question of corpus v2's open-ended split
+("Name a country in Africa and its capital.", "Name two countries where Spanish is
+spoken."), scored for consistency: there the tokens of a right answer depend on each
+other, so the order and the number of tokens committed per pass matter (notebook 05).
 """
 
 from __future__ import annotations
@@ -46,19 +52,44 @@ def configs() -> dict[str, dict]:
     return out
 
 
+OPEN_SPLIT = "open_ended"
+OPEN_ANSWER_LENGTH = 32
+
+
+def open_configs() -> dict[str, dict]:
+    """The open-ended comparisons: low confidence against random order at 1 to 32 tokens
+    per pass (32 steps = one token per pass), and threshold decoding."""
+    out = {}
+    for s in (32, 16, 8, 4, 1):
+        out[f"llada S={s}"] = dict(strategy="llada", steps=s)
+        for seed in (0, 1, 2):
+            out[f"random S={s} seed={seed}"] = dict(strategy="llada", steps=s,
+                                                    remasking="random", seed=seed)
+    for tau in (0.5, 0.7, 0.9):
+        out[f"threshold {tau}"] = dict(strategy="threshold", threshold=tau)
+    return out
+
+
+def open_questions():
+    from dllm_lesson.evaluate import held_out_examples
+
+    return held_out_examples(OPEN_SPLIT)
+
+
 def questions(limit: int = N_QUESTIONS):
     from dllm_lesson.evaluate import held_out_examples
 
     return held_out_examples(SPLIT, tasks=TASKS, limit=N_QUESTIONS)[:limit]
 
 
-def measure(model, tokenizer, name_options: dict[str, dict], examples) -> dict:
+def measure(model, tokenizer, name_options: dict[str, dict], examples,
+            answer_length: int = ANSWER_LENGTH) -> dict:
     """Decode ``examples`` with each configuration; per-question results as a 0/1 string."""
     from dllm_lesson.evaluate import evaluate_answers
 
     out = {}
     for name, options in name_options.items():
-        r = evaluate_answers(model, tokenizer, examples, answer_length=ANSWER_LENGTH,
+        r = evaluate_answers(model, tokenizer, examples, answer_length=answer_length,
                              progress=False, **options)
         ok = [c for *_, c in r["rows"]]
         out[name] = {"options": options, "n": r["n"], "correct": sum(ok),
@@ -74,6 +105,7 @@ def main(argv=None):
     import torch
 
     from dllm_lesson import load_model
+    from dllm_lesson.duo_results import weights_sha256
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=N_QUESTIONS, help="first N questions")
@@ -87,10 +119,19 @@ def main(argv=None):
     chosen = {k: v for k, v in configs().items() if not args.only or k in args.only}
     start = time.perf_counter()
     results = measure(model, tokenizer, chosen, examples)
+    open_examples = open_questions()[:args.limit]
+    chosen = {k: v for k, v in open_configs().items() if not args.only or k in args.only}
+    open_results = measure(model, tokenizer, chosen, open_examples, OPEN_ANSWER_LENGTH)
     doc = {"command": "python notebooks/results/decoding_comparisons.py",
-           "model": "tiny-dllm", "split": SPLIT, "tasks": list(TASKS),
+           "model": "tiny-dllm", "weights_sha256": weights_sha256("tiny-dllm"),
+           "split": SPLIT, "tasks": list(TASKS),
            "answer_length": ANSWER_LENGTH, "n": len(examples),
            "prompts": [ex.prompt for ex in examples], "results": results,
+           "open_ended": {"split": OPEN_SPLIT, "answer_length": OPEN_ANSWER_LENGTH,
+                          "n": len(open_examples),
+                          "prompts": [ex.prompt for ex in open_examples],
+                          "tasks": [ex.task for ex in open_examples],
+                          "results": open_results},
            "seconds": round(time.perf_counter() - start, 1)}
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}: {len(results)} configurations x {len(examples)} questions "
