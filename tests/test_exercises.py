@@ -34,7 +34,6 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "remask_positions": "05_remasking_and_parallel_decoding",
     "flip_probability_v2": "06_duo_gaussian_noise",
     "corrupt_tokens": "06_duo_gaussian_noise",
-    "tau_schedule": "07_soft_tokens",
     "soft_token_loss": "07_soft_tokens",
     "symmetric_kl": "08_duo_loss_scaling",
     "nelbo_by_jumps": "08_duo_loss_scaling",

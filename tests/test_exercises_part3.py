@@ -27,11 +27,6 @@ def corrupt_written(x0, s, V, generator):
     return w.argmax(-1)
 
 
-def tau_written(step, total, start, end):
-    frac = min(step, total) / total
-    return start * (end / start) ** frac
-
-
 def soft_loss_written(model, x0, w, tau, loss_mask):
     probs = torch.softmax(w / tau, dim=-1)                          # (B, L, V)
     embeds = probs @ model.get_input_embeddings().weight            # (B, L, H)
@@ -98,7 +93,7 @@ def renoise_written(x0, flip, V, generator):
 
 
 WRITTEN = {"flip_probability_v2": flip_v2_written, "corrupt_tokens": corrupt_written,
-           "tau_schedule": tau_written, "soft_token_loss": soft_loss_written,
+           "soft_token_loss": soft_loss_written,
            "symmetric_kl": sym_kl_written, "nelbo_by_jumps": nelbo_written,
            "renoise": renoise_written, "uniform_posterior": posterior_written,
            "dcd_pair": dcd_pair_written}
@@ -174,8 +169,6 @@ WRONG = [
                                             + s * torch.randn(*x0.shape, V, generator=g)
                                             ).argmax(-1)),              # clean weight 1
     ("corrupt_tokens", lambda x0, s, V, g: (1 - s) * x0),               # not an argmax
-    ("tau_schedule", lambda step, total, a, b: a + min(step / total, 1) * (b - a)),  # lin
-    ("tau_schedule", lambda step, total, a, b: a * (b / a) ** (step / total)),  # no clamp
     ("soft_token_loss", _soft_loss_hard_ids),                              # argmax ids
     ("soft_token_loss", _soft_loss_tau_times),                             # w * tau
     ("soft_token_loss", _soft_loss_all_positions),                         # prompt too

@@ -13,7 +13,6 @@ exercise             notebook                 what you write
 ===================  =======================  ==========================================
 flip_probability_v2  06_duo_gaussian_noise    ``Phi(-c / (s sqrt 2))`` for ``V = 2``
 corrupt_tokens       06_duo_gaussian_noise    ``argmax(c one_hot(x0) + s z)``
-tau_schedule         07_soft_tokens           log-linear annealing of ``tau``
 soft_token_loss      07_soft_tokens           soft tokens -> embeddings -> model -> CE
 symmetric_kl         08_duo_loss_scaling      ``KL(q || p) + KL(p || q)`` per token
 nelbo_by_jumps       08_duo_loss_scaling      the uniform-state NELBO, a sum over jumps
@@ -132,32 +131,6 @@ def _check_corrupt(candidate, reference):
 # ---------------------------------------------------------------------------------------
 # 07_soft_tokens
 # ---------------------------------------------------------------------------------------
-
-
-def tau_schedule(step: int, total_steps: int, tau_start: float, tau_end: float) -> float:
-    """Log-linear ``tau``: ``tau_start`` at step 0, ``tau_end`` from ``total_steps`` on.
-
-    Taught in ``07_soft_tokens`` (the library's :func:`dllm_lesson.duo.tau_schedule`).
-    """
-    return duo.tau_schedule(step, total_steps, tau_start, tau_end)
-
-
-@exercise("tau_schedule", "07_soft_tokens", tau_schedule)
-def _check_tau(candidate, reference):
-    g = torch.Generator().manual_seed(7)
-    cases = [(0, 100, 1e-3, 1e-8), (100, 100, 1e-3, 1e-8), (250, 100, 1e-3, 1e-8),
-             (50, 100, 1e-3, 1e-8)]
-    for _ in range(20):
-        total = int(torch.randint(1, 10_000, (1,), generator=g))
-        step = int(torch.randint(0, total + 1, (1,), generator=g))
-        start = 10 ** float(-4 * torch.rand(1, generator=g))
-        end = start * 10 ** float(-6 * torch.rand(1, generator=g))
-        cases.append((step, total, start, end))
-    for step, total, start, end in cases:
-        want = reference(step, total, start, end)
-        got = candidate(step, total, start, end)
-        _close(got, want, f"tau_schedule(step={step}, total_steps={total}, "
-               f"tau_start={start:.3g}, tau_end={end:.3g})", rtol=1e-6, atol=0.0)
 
 
 def soft_token_loss(model, x0: torch.Tensor, w: torch.Tensor, tau: float,
