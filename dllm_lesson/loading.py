@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 #: The models that ship inside the package (built by ``python -m dllm_lesson build-models``)
-SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd")
+SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd", "tiny-ar")
 
 #: One line per shipped model, for error messages and listings
 SHIPPED_DESCRIPTIONS = {
@@ -34,6 +34,7 @@ SHIPPED_DESCRIPTIONS = {
     "tiny-dllm": "masked diffusion LM (LLaDA recipe + SFT), fine-tuned from tiny-bert",
     "tiny-duo": "uniform-state diffusion LM (Duo's ELBO), fine-tuned from tiny-dllm",
     "tiny-duo-dcd": "tiny-duo distilled for few-step generation (Duo's DCD)",
+    "tiny-ar": "autoregressive baseline: a causal decoder of tiny-dllm's shape and data",
 }
 
 #: Folder holding one sub-folder per shipped model. Read at call time, so tests can

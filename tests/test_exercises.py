@@ -40,6 +40,7 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "renoise": "09_duo_sampling",
     "uniform_posterior": "09_duo_sampling",
     "dcd_pair": "10_few_step_distillation",
+    "ar_decode": "11_ar_vs_diffusion",
     "step_budget": "12_scaling_up",
     "mfu": "12_scaling_up",
 }

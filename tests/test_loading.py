@@ -15,7 +15,7 @@ import torch
 from dllm_lesson import loading as models
 from dllm_lesson.loading import BrokenModelError, ModelNotFoundError, load_model, model_path
 
-SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd")
+SHIPPED = ("tiny-bert", "tiny-dllm", "tiny-duo", "tiny-duo-dcd", "tiny-ar")
 REAL_ROOT = models.CHECKPOINT_ROOT
 
 
