@@ -345,6 +345,55 @@ def joint_and_product(model, input_ids, pos_a: int, pos_b: int, top: int = 8) ->
             "joint": p_a[:, None] * given[:, cand_b]}
 
 
+def masked_nll_bound(model, x0, scored, mask_id: int, n_t: int = 20, seed: int = 0):
+    """Masked diffusion's bound on the negative log-likelihood, in nats per token.
+
+    The continuous-time ELBO of masked diffusion (MDLM, Eq. 10; LLaDA, Eq. 3-4) with the
+    linear schedule: ``-log p(x0) <= E_t[(1/t) E[CE summed over the masked tokens]]``.
+    Since ``t L`` tokens are masked on average, per token this is the mean over ``t`` of
+    ``c(t)``, the cross-entropy per masked token at noise level ``t``; the mean is taken
+    by the midpoint rule on ``n_t`` levels, with the same masks for every model
+    (``seed``). ``x0`` (B, L) ids; ``scored`` (B, L) bool, the tokens that may be masked.
+    Returns ``(bound, curve)``: a float and ``c(t)`` at the levels ``(k + 0.5) / n_t``.
+    Taught in ``02_llada_training`` and ``11_ar_vs_diffusion``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .noise import llada_mask
+
+    ts = (torch.arange(n_t) + 0.5) / n_t                              # midpoints of [0, 1]
+    g = torch.Generator().manual_seed(seed)
+    curve = []
+    with torch.no_grad():
+        for t in ts:
+            xt, masked, _ = llada_mask(x0, scored, mask_id, eps=0.0,
+                                       t=torch.full((len(x0),), float(t)), generator=g)
+            ce = F.cross_entropy(model(input_ids=xt).logits.transpose(1, 2), x0,
+                                 reduction="none")                     # (B, L)
+            curve.append(((ce * masked).sum() / masked.sum()).item())
+    curve = torch.tensor(curve)                                       # (n_t,)
+    return curve.mean().item(), curve
+
+
+def causal_nll(model, x0, scored) -> float:
+    """A causal LM's exact negative log-likelihood, in nats per token: each ``scored``
+    token of ``x0`` (B, L) predicted from every token before it, in one forward pass
+    (position ``i``'s logits predict token ``i + 1``). Taught in ``11_ar_vs_diffusion``."""
+    import torch
+    import torch.nn.functional as F
+
+    scored = torch.as_tensor(scored).bool()
+    if scored[:, 0].any():
+        raise ValueError("a causal LM cannot score the first token of a row: nothing comes "
+                         "before it; leave position 0 out of `scored`")
+    with torch.no_grad():
+        logits = model(input_ids=x0).logits[:, :-1]                   # (B, L-1, V)
+        ce = F.cross_entropy(logits.transpose(1, 2), x0[:, 1:], reduction="none")
+    keep = scored[:, 1:]
+    return (ce * keep).sum().item() / keep.sum().item()
+
+
 def mask_ratio_accuracy(model, tokenizer, ratios=(0.15, 0.3, 0.5, 0.7, 0.9), n_rows=64,
                         seq_len: int = 128, seed: int = 0, counts: bool = False,
                         version: int | None = None) -> dict[float, float]:
