@@ -49,8 +49,8 @@ def model_card(name: str, stages, runs: list[dict | None], metrics: dict, n_para
                causal: bool = False) -> str:
     """A shipped model's card: what it is, how each training stage ran (steps, tokens, wall
     time, final loss, corpus fingerprint, machine) and its measured metrics."""
-    kind = ("A tiny causal (left-to-right) ModernBERT decoder, the course's autoregressive "
-            "baseline," if causal else "A tiny ModernBERT")
+    kind = ("The course's autoregressive baseline: a tiny causal (left-to-right) ModernBERT "
+            "decoder" if causal else "A tiny ModernBERT")
     auto = "AutoModelForCausalLM" if causal else "AutoModelForMaskedLM"
     lines = [f"# {name}", "",
              f"{kind} (Hugging Face format) made by the diffusion-LM course's own "
