@@ -61,7 +61,7 @@ class BrokenModelError(ModelNotFoundError):
 
 
 def _shipped_list() -> str:
-    return "\n".join(f"  {name:<10} {SHIPPED_DESCRIPTIONS[name]}" for name in SHIPPED)
+    return "\n".join(f"  {name:<13} {SHIPPED_DESCRIPTIONS[name]}" for name in SHIPPED)
 
 
 def _suggestion(name: str) -> str:
