@@ -10,6 +10,11 @@ from dllm_lesson.exercises import verify
 from dllm_lesson.exercises.part4 import ar_decode
 
 
+def fails(name, fn):
+    with pytest.raises(AssertionError):
+        verify(name, fn)
+
+
 def test_ar_decode_with_generate_passes():
     """transformers' own greedy generate, cut after the end token, is a right answer."""
     def with_generate(model, input_ids, max_new_tokens, end_id):
@@ -38,8 +43,7 @@ def test_ar_decode_mistakes_fail(mistake):
                 ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
         return new
 
-    with pytest.raises(AssertionError):
-        verify("ar_decode", wrong)
+    fails("ar_decode", wrong)
 
 
 def test_ar_decode_is_the_engines_ar_strategy():
