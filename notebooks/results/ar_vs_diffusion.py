@@ -11,7 +11,7 @@ first), tiny-ar left to right (strategy ``"ar"``, one token per pass). Three set
 - ``reversal_forward`` / ``reversal_backward``: the 30 countries whose capital the
   pretraining text states one way only ("The capital of X is Y.", never "Y is the capital
   of X."), asked that way (120) and the other way round (120); SFT never asks them;
-- ``infill``: "The capital of ___ is Y." for the reversal countries and as many others:
+- ``infill``: "The capital of ___ is Y." for every country whose capital has another name:
   tiny-dllm fills the masks between the two sides (:func:`dllm_lesson.infill.infill_masked`),
   tiny-ar scores each country's whole sentence (:func:`~dllm_lesson.infill.infill_by_scoring`,
   one pass per candidate).
@@ -49,15 +49,15 @@ def question_sets(limit: int | None = None) -> dict:
 
 
 def infill_items(limit: int | None = None) -> list[dict]:
-    """(left, right, answer, reversal?) for the reversal countries and as many others."""
+    """(left, right, answer, reversal?) for every country whose capital has another name:
+    the reversal countries first, then the others in alphabetical order."""
     from dllm_lesson.data import build_corpus
     from dllm_lesson.facts import COUNTRIES
 
     corpus = build_corpus(version=CORPUS_VERSION)
     rev = sorted({ex.entity for ex in corpus.reversal_forward})
     capital = {c[0]: c[1] for c in COUNTRIES}
-    others = random.Random(7).sample(sorted(c for c in capital if c not in rev
-                                            and c != capital[c]), len(rev))
+    others = sorted(c for c in capital if c not in rev and c != capital[c])
     items = [{"left": "The capital of", "right": f" is {capital[c]}.", "answer": c,
               "reversal": c in rev} for c in rev + others]
     return items[:limit]
