@@ -932,7 +932,8 @@ def main_generate(argv=None) -> int:
                    help="shipped name (tiny-dllm, tiny-duo, ...), hub id or folder")
     p.add_argument("--prompt", action="append", default=[],
                    help="a prompt (repeatable), same as the positional PROMPT")
-    p.add_argument("--strategy", default="greedy", choices=STRATEGIES)
+    p.add_argument("--strategy", default=None, choices=STRATEGIES,
+                   help="default: greedy, or ar for a causal LM such as tiny-ar")
     p.add_argument("--answer-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--block-length", type=int, default=None)
@@ -956,20 +957,27 @@ def main_generate(argv=None) -> int:
     from .loading import load_model
 
     batch = len(prompts) > 1
-    backend = args.backend or ("lesson" if args.cache or batch else "transformers")
+    if args.backend:
+        backend = args.backend
+    elif args.cache or batch:       # the lesson backend, unless the model is causal
+        from .evaluate import model_backend
+
+        backend = model_backend(args.model)
+    else:
+        backend = "transformers"
     model, tokenizer = load_model(args.model, device=args.device, backend=backend)
     if tokenizer is None:
         p.error(f"{args.model} has no tokenizer files: generation needs one")
     options = dict(steps=args.steps, block_length=args.block_length,
                    threshold=args.threshold, remasking=args.remasking,
                    temperature=args.temperature, cache=args.cache, seed=args.seed)
+    strategy = args.strategy or (CAUSAL_STRATEGIES[0] if _is_causal(model) else "greedy")
     try:
         if not batch:
-            animate(model, tokenizer, prompts[0], args.answer_length, args.strategy,
+            animate(model, tokenizer, prompts[0], args.answer_length, strategy,
                     delay=args.delay, verbose=args.verbose, **options)
             return 0
-        answers = generate(model, tokenizer, prompts, args.answer_length, args.strategy,
-                           **options)
+        answers = generate(model, tokenizer, prompts, args.answer_length, strategy, **options)
     except ValueError as e:
         p.error(str(e))
     for prompt, answer in zip(prompts, answers):

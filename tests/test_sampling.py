@@ -798,3 +798,23 @@ def test_main_generate_positional_prompts_decode_as_one_batch(hf_model, lesson_m
     with pytest.raises(SystemExit):
         sampling.main_generate(["What is the capital of Peru?", ""] + common)
     assert "prompt 1 of the batch: the prompt is empty" in capsys.readouterr().err
+
+
+def test_main_generate_decodes_a_causal_model_left_to_right_by_default(capsys):
+    """`generate --model tiny-ar` needs no --strategy (a causal LM takes "ar"), and several
+    prompts batch on the transformers backend (the lesson one is a masked model)."""
+    from dllm_lesson import load_model
+
+    model, tok = load_model("tiny-ar", device="cpu")
+    prompts = ["What is the capital of Kenya?", "Which language is spoken in Peru?"]
+    common = ["--model", "tiny-ar", "--answer-length", "16", "--delay", "0", "--device", "cpu"]
+    sampling.main_generate([prompts[0]] + common)
+    alone = generate(model, tok, prompts[0], 16, "ar")
+    assert capsys.readouterr().out == f"User: {prompts[0]}\nAssistant: {alone}\n"
+    sampling.main_generate(prompts + common)
+    answers = generate(model, tok, prompts, 16, "ar")
+    assert capsys.readouterr().out == "".join(f"User: {p}\nAssistant: {a}\n\n"
+                                              for p, a in zip(prompts, answers))
+    with pytest.raises(SystemExit):
+        sampling.main_generate([prompts[0], "--strategy", "greedy"] + common)
+    assert "use strategy='ar'" in capsys.readouterr().err
