@@ -11,6 +11,7 @@ Taught in ``02_llada_training``.
 from __future__ import annotations
 
 from .claims import wilson_interval  # noqa: F401 - eval reports 95% intervals with it
+from .loading import model_backend  # noqa: F401 - eval loads each model with it
 
 
 def score_answer(answer: str, keys=(), reference: str | None = None) -> bool:
@@ -536,27 +537,6 @@ def measure_model(name: str, model, tokenizer, strategy=None, steps=None, limit=
                                                     tokens_per_pass, progress=progress,
                                                     batch_size=batch_size)
     return res
-
-
-def model_backend(name) -> str:
-    """``"transformers"`` for a causal LM (``tiny-ar``: the lesson backend is the masked
-    ModernBERT), ``"lesson"`` for the others. Read from the folder's ``config.json``."""
-    import json
-    from pathlib import Path
-
-    from .loading import SHIPPED, is_causal, model_path
-
-    path = model_path(name) if str(name) in SHIPPED else Path(str(name)).expanduser()
-    config = path / "config.json"
-    if config.is_file():
-        return "transformers" if is_causal(json.loads(config.read_text())) else "lesson"
-    try:             # a hub id: its config, if the cache or the network has it
-        from transformers import AutoConfig
-
-        causal = is_causal(AutoConfig.from_pretrained(str(name)))
-    except Exception:  # noqa: BLE001 - load_model reports a missing model clearly
-        causal = False
-    return "transformers" if causal else "lesson"
 
 
 def eval_table(models=("tiny-bert", "tiny-dllm"), strategy=None, limit=None,

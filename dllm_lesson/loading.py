@@ -330,3 +330,21 @@ def _load_hub(name: str, backend: str):
     if backend == "lesson":
         return _lesson_class().from_hf(hf_model)
     return hf_model
+
+
+def model_backend(name) -> str:
+    """``"transformers"`` for a causal LM (``tiny-ar``: the lesson backend is the masked
+    ModernBERT), ``"lesson"`` for the others. Read from the folder's ``config.json``."""
+    import json
+
+    path = model_path(name) if str(name) in SHIPPED else Path(str(name)).expanduser()
+    config = path / "config.json"
+    if config.is_file():
+        return "transformers" if is_causal(json.loads(config.read_text())) else "lesson"
+    try:             # a hub id: its config, if the cache or the network has it
+        from transformers import AutoConfig
+
+        causal = is_causal(AutoConfig.from_pretrained(str(name)))
+    except Exception:  # noqa: BLE001 - load_model reports a missing model clearly
+        causal = False
+    return "transformers" if causal else "lesson"

@@ -960,7 +960,7 @@ def main_generate(argv=None) -> int:
     if args.backend:
         backend = args.backend
     elif args.cache or batch:       # the lesson backend, unless the model is causal
-        from .evaluate import model_backend
+        from .loading import model_backend
 
         backend = model_backend(args.model)
     else:

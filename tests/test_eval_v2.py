@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dllm_lesson import data, evaluate
+from dllm_lesson import data, evaluate, loading
 from dllm_lesson.claims import wilson_interval
 from dllm_lesson.facts import COUNTRIES
 
@@ -160,8 +160,8 @@ def test_eval_table_on_a_causal_model(tmp_path, tokenizer_dir, capsys):
     folder = tmp_path / "tiny-causal"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    assert evaluate.model_backend(folder) == "transformers"
-    assert evaluate.model_backend("tiny-dllm") == "lesson"
+    assert loading.model_backend(folder) == "transformers"
+    assert loading.model_backend("tiny-dllm") == "lesson"
     res = evaluate.eval_table((str(folder),), limit=4, corpus_version=2,
                               tokens_per_pass=(1, None), progress=False)[str(folder)]
     assert not any(key.startswith("mask_ratio") for key in res)   # nothing to unmask
