@@ -36,6 +36,7 @@ The paper's Duo (Sahoo et al., ICML 2025, "The Diffusion Duality"), beside the s
   :func:`alpha_table`, :class:`DuoSchedule`, :func:`uniform_state_nelbo` (the ELBO),
   :func:`scale_mode` and :func:`gradient_eps_share` / :func:`duo_gradient_stats` (the
   seed's scale against AdamW's eps);
+- ``07_soft_tokens``: :func:`gradient_variance` (the curriculum's gradient variance, Table 4);
 - ``09_duo_sampling``: :func:`model_probs`, :func:`uniform_posterior`,
   :func:`ancestral_step`, :func:`sampler_alphas` (the ancestral sampler),
   :func:`noise_level_readout` (does the model need a time input?);
@@ -69,6 +70,7 @@ __all__ = [
     "discrete_alpha",
     "duo_gradient_stats",
     "gradient_eps_share",
+    "gradient_variance",
     "make_objective_for",
     "model_probs",
     "noise_allowed",
@@ -105,8 +107,9 @@ __all__ = [
 #: gamma_min)``. For the tiny models' vocabulary (2780 ids noise may produce) the discrete
 #: signal ``alpha = T(alpha~)`` falls from 0.98 (t = 0) through 0.14 (t = 0.5) to 0.0075
 #: (t = 1, almost pure noise), so the sampler, which starts from pure noise, only visits
-#: levels it was trained on. (The paper uses -3.5 .. -1.75 for GPT-2's 50k ids; a larger
-#: vocabulary flips more tokens at the same gamma.)
+#: levels it was trained on. (The paper's released curriculum draws gamma in -3.5 .. -1.75
+#: for GPT-2's 50k ids, discrete alpha 0.93 down to 0.04 there; a larger vocabulary flips
+#: more tokens at the same gamma, and here that range spans alpha 0.98 down to 0.14.)
 GAMMA_MIN, GAMMA_MAX = -3.5, 0.0
 DUO_LOSSES = ("elbo", "sym_kl", "ce")
 SAMPLERS = ("ancestral", "renoise")
@@ -1350,6 +1353,72 @@ def duo_gradient_stats(model, batch: dict, tokenizer, settings: dict, eps: float
         loss, _ = obj.loss(model, batch, 0, generator=gen)
         out[label] = gradient_eps_share(model, loss, eps)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Gradient variance and the curriculum (07_soft_tokens)
+# ---------------------------------------------------------------------------
+
+#: the curriculum of the paper's released configuration (configs/algo/duo.yaml): soft
+#: tokens at log10 tau from -1 to -2, noise restricted to gamma in [-3.5, -1.75] (for the
+#: course's vocabulary the low-noise half of its full range, -3.5 to 0: alpha >= 0.14)
+CURRICULUM_GAMMA_MAX = -1.75
+
+
+def gradient_variance(model, batches: list[dict], objective, draws: int = 32, top: int = 100,
+                      seed: int = 0) -> dict:
+    """How noisy a training loss's gradient is: the per-weight variance of the gradient over
+    independent draws of data and noise, summarised as in the Duo paper's Table 4.
+
+    Taught in ``07_soft_tokens``. Draw ``k`` computes ``objective.loss(model, batch, 0,
+    generator)`` on ``batches[k % len(batches)]`` with a generator seeded ``seed + k``, so two
+    objectives measured with the same arguments see the same rows and the same random
+    numbers (their difference is the objectives', not the draws'). The gradients are
+    accumulated in float64 (Welford), never stored, so any model size fits. Dropout is off
+    during the measurement (``model.eval()``; the mode is restored).
+
+    Returns ``top_variance`` (sum of the ``top`` largest per-weight variances: the paper's
+    "top-100 weights"), ``total_variance`` (sum over every weight), ``mean_grad_norm``
+    (norm of the mean gradient), ``noise_to_signal`` (``total_variance`` divided by the
+    squared norm of the mean gradient: the variance relative to the gradient's own size)
+    and ``draws``.
+    """
+    if not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2 (a variance needs two draws), "
+                         f"got {draws!r}")
+    if not batches:
+        raise ValueError("batches is empty: pass at least one batch dict")
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_weights = sum(p.numel() for p in params)
+    if not isinstance(top, int) or not 1 <= top <= n_weights:
+        raise ValueError(f"top must be an integer in [1, {n_weights}] (the model's trainable "
+                         f"weights), got {top!r}")
+    was_training = model.training
+    model.eval()
+    mean = m2 = None
+    try:
+        for k in range(draws):
+            batch = batches[k % len(batches)]
+            device = batch["input_ids"].device
+            gen = torch.Generator(device=device).manual_seed(seed + k)
+            loss, _ = objective.loss(model, batch, 0, generator=gen)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            g = torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1)
+                           for p, gr in zip(params, grads)]).double()  # (n_weights,)
+            if mean is None:
+                mean, m2 = g.clone(), torch.zeros_like(g)
+                continue
+            delta = g - mean  # Welford: running mean and sum of squared deviations
+            mean += delta / (k + 1)
+            m2 += delta * (g - mean)
+    finally:
+        model.train(was_training)
+    var = m2 / (draws - 1)  # unbiased per-weight variance   (n_weights,)
+    total = float(var.sum())
+    norm = float(mean.norm())
+    return {"top_variance": float(var.topk(top).values.sum()), "total_variance": total,
+            "mean_grad_norm": norm, "noise_to_signal": total / max(norm ** 2, 1e-30),
+            "draws": draws}
 
 
 # ---------------------------------------------------------------------------

@@ -741,3 +741,65 @@ def test_duo_sampler_bad_options(tiny_tok):
         next(decode_steps(model, tiny_tok, "hi", 4, "duo", steps=0))
     with pytest.raises(ValueError, match="options of strategy='duo'"):
         next(decode_steps(model, tiny_tok, "hi", 4, "llada", sampler="ancestral"))
+
+
+# ---------------------------------------------------------------------------
+# gradient_variance (07_soft_tokens: the curriculum's gradient variance)
+# ---------------------------------------------------------------------------
+
+
+def _draw_gradients(model, batches, obj, draws, seed):
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for k in range(draws):
+        g = torch.Generator().manual_seed(seed + k)
+        loss, _ = obj.loss(model, batches[k % len(batches)], 0, generator=g)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1)
+                               for p, gr in zip(params, grads)]).double())
+    return torch.stack(rows)  # (draws, n_weights)
+
+
+def test_gradient_variance_matches_stacked_gradients(one_thread):
+    model = _tiny_modernbert()
+    obj = duo.DuoObjective(vocab_size=64, loss_kind="elbo", scale="none", total_steps=1,
+                           allowed=duo.allowed_mask(64, exclude=range(5)))
+    batches = [_batch(), {k: v[:2] for k, v in _batch().items()}]
+    out = duo.gradient_variance(model, batches, obj, draws=5, top=7, seed=3)
+    G = _draw_gradients(model, batches, obj, 5, 3)
+    var = G.var(0)  # unbiased, over draws
+    assert out["draws"] == 5
+    assert out["top_variance"] == pytest.approx(float(var.topk(7).values.sum()), rel=1e-6)
+    assert out["total_variance"] == pytest.approx(float(var.sum()), rel=1e-6)
+    assert out["mean_grad_norm"] == pytest.approx(float(G.mean(0).norm()), rel=1e-6)
+    assert out["noise_to_signal"] == pytest.approx(
+        float(var.sum() / G.mean(0).norm() ** 2), rel=1e-6)
+    # the same arguments give the same numbers (common random numbers), another seed not
+    assert duo.gradient_variance(model, batches, obj, draws=5, top=7, seed=3) == out
+    assert duo.gradient_variance(model, batches, obj, draws=5, top=7, seed=4) != out
+    assert model.training  # the mode is restored
+
+
+def test_gradient_variance_zero_for_a_noise_free_objective(one_thread):
+    """An objective whose loss ignores the generator has the same gradient every draw."""
+    model = _tiny_modernbert()
+
+    class Fixed:
+        def loss(self, model, batch, step, generator=None):
+            logits = model(input_ids=batch["input_ids"]).logits
+            return logits.logsumexp(-1).mean(), {}
+
+    out = duo.gradient_variance(model, [_batch()], Fixed(), draws=3)
+    assert out["total_variance"] < 1e-12 and out["top_variance"] < 1e-12
+    assert out["mean_grad_norm"] > 0
+
+
+def test_gradient_variance_bad_inputs(one_thread):
+    model = _tiny_modernbert()
+    obj = duo.DuoObjective(vocab_size=64, loss_kind="elbo", scale="none", total_steps=1)
+    with pytest.raises(ValueError, match="draws must be an integer >= 2"):
+        duo.gradient_variance(model, [_batch()], obj, draws=1)
+    with pytest.raises(ValueError, match="batches is empty"):
+        duo.gradient_variance(model, [], obj)
+    with pytest.raises(ValueError, match="top must be an integer in"):
+        duo.gradient_variance(model, [_batch()], obj, draws=2, top=10**9)
