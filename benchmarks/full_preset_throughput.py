@@ -11,14 +11,14 @@ with end tokens to the batch's longest, as the preset trains) or its packed plai
 a subset of the 50,368-word vocabulary, which the model keeps). For each ``--batch-size``
 it prints tokens/s and model FLOPs utilisation (MFU):
 
-    FLOPs per step = 6 N_body tokens + 6 d V positions_scored + 12 d sum_layers(span) tokens
+    FLOPs per step = dllm_lesson.modernbert.training_flops(config, tokens, scored, seq)
 
-``N_body`` counts the parameters that multiply every token (all but the tied embedding /
-decoder matrix and the decoder bias); the decoder matrix (d x V) multiplies only the
-positions the loss scores (the training core computes no other logits), counted from the
-run's own batches; attention scores and values cost 12 d per (query, key) pair, with a
-span of the full sequence for global layers and ``min(seq, local_attention)`` for the
-sliding-window ones (what an ideal kernel does; SDPA with a mask computes the full square).
+that is 6 FLOPs per weight per token for the body's matrices (attention, feed-forward,
+the head's dense layer), the decoder (d x V) only at the positions the loss scores (the
+training core computes no other logits; counted from the run's own batches), and 12 d
+per (query, key) pair for attention, with a span of the full sequence for global layers
+and ``min(seq, local_attention)`` for the sliding-window ones (what an ideal kernel does;
+SDPA with a mask computes the full square).
 Peak: 989 TFLOP/s dense bf16 (H100 SXM); pass ``--peak-tflops`` for another GPU.
 
     python benchmarks/full_preset_throughput.py --batch-size 16 32 64 --steps 20
@@ -65,28 +65,15 @@ def large_config(tokenizer, smoke: bool = False):
         attention_dropout=0.0, mlp_dropout=0.0, **body)
 
 
-def flops_per_step(config, n_body: int, tokens: int, scored: int, seq: int) -> float:
-    """Training FLOPs (forward + backward) of one step, as in the module docstring."""
-    from dllm_lesson.modernbert import layer_is_global
-
-    d, v = config.hidden_size, config.vocab_size
-    spans = sum(seq if g else min(seq, config.local_attention)
-                for g in layer_is_global(config))
-    return 6 * n_body * tokens + 6 * d * v * scored + 12 * d * spans * tokens
-
-
 def run(batch_size: int, args, tokenizer) -> dict:
     from transformers import ModernBertForMaskedLM
 
     from dllm_lesson import training
+    from dllm_lesson.modernbert import training_flops
 
     torch.manual_seed(0)
     config = large_config(tokenizer, smoke=args.cpu_smoke)
     model = ModernBertForMaskedLM(config)
-    decoder = model.get_output_embeddings()
-    n_body = sum(p.numel() for p in model.parameters()) - decoder.weight.numel()
-    if decoder.bias is not None:
-        n_body -= decoder.bias.numel()
     counts = []                     # per micro batch: (tokens, positions scored, length)
     real_step_loss, real_logits_at = training.step_loss, training.logits_at
 
@@ -118,7 +105,7 @@ def run(batch_size: int, args, tokenizer) -> dict:
     seconds = stamps[-1] - stamps[args.warmup - 1]
     timed = counts[args.warmup:]
     tokens = sum(c[0] for c in timed)
-    flops = sum(flops_per_step(config, n_body, c[0], c[1], c[2]) for c in timed)
+    flops = sum(training_flops(config, tokens=c[0], scored=c[1], seq_len=c[2]) for c in timed)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     res = {"device": device, "params": sum(p.numel() for p in model.parameters()),

@@ -82,6 +82,37 @@ def layer_is_global(config) -> list[bool]:
     return [i % every == 0 for i in range(config.num_hidden_layers)]
 
 
+def training_flops(config, tokens: int, scored: int, seq_len: int) -> float:
+    """FLOPs of one training step (forward and backward) of a ModernBERT masked LM.
+
+    Taught in ``12_scaling_up`` (and used by ``benchmarks/full_preset_throughput.py`` for
+    its MFU). A matrix product with a ``(n_in, n_out)`` weight costs ``2 n_in n_out`` FLOPs
+    per row forward and twice that backward (the gradients of the input and of the
+    weight): 6 FLOPs per weight per row. So, with ``d = hidden_size``,
+    ``I = intermediate_size``, ``V = vocab_size``:
+
+    - every one of the ``tokens`` (the batch's real tokens) passes the body: per layer
+      ``Wqkv`` (d x 3d), ``Wo`` (d x d), the gated feed-forward's ``Wi`` (d x 2I: the
+      value and the gate) and ``Wo`` (I x d), then the head's dense layer (d x d);
+    - the decoder (d x V, tied to the embeddings) runs only on the ``scored`` positions:
+      the training core computes logits only where the loss reads them;
+    - attention: the score ``q . k`` and the weighted sum of values cost ``2d`` each per
+      (query, key) pair forward, ``12 d`` with backward; a query sees ``seq_len`` keys in
+      a global layer and ``min(seq_len, local_attention)`` in a sliding-window one (what
+      an ideal kernel computes; a dense kernel with a mask computes the full square).
+
+    Embedding lookups, norms, activations and biases are left out (a fraction of a
+    percent). ``6 N + 12 n_layers d seq_len`` per token, the textbook count, is this with
+    every position scored and every layer global.
+    """
+    d, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    layers = layer_is_global(config)
+    body = len(layers) * (4 * d * d + 3 * d * inner) + d * d
+    spans = sum(seq_len if is_global else min(seq_len, config.local_attention)
+                for is_global in layers)
+    return float(6 * body * tokens + 6 * d * vocab * scored + 12 * d * spans * tokens)
+
+
 def rope_thetas(config) -> tuple[float, float]:
     """The RoPE bases ``(global_theta, local_theta)``.
 

@@ -42,7 +42,7 @@ NOTEBOOK = {  # each exercise and the notebook that poses it
     "dcd_pair": "10_few_step_distillation",
     "ar_decode": "11_ar_vs_diffusion",
     "step_budget": "12_scaling_up",
-    "mfu": "12_scaling_up",
+    "train_flops": "12_scaling_up",
 }
 
 

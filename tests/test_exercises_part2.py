@@ -513,21 +513,62 @@ def test_step_budget_wrong_answers_fail():
     fails("step_budget", with_partial)
 
 
-def test_mfu_matches_the_benchmark_numbers():
-    """Session 1's H100 run of benchmarks/full_preset_throughput.py measured 54,494
-    tokens/s and MFU 0.14 for ModernBERT-large (395,881,664 parameters), seq 512, batch 32,
-    with the textbook count the exercise teaches (6N + 12 n_layers d L per token). The
-    benchmark now counts more precisely (the decoder only where the loss reads it, the
-    sliding-window spans), so its MFU is not this formula's."""
-    got = part2.mfu_reference(54_494, 395_881_664, 28, 1024, 512, 989e12)
-    assert round(got, 2) == 0.14
+def test_training_flops_counts_the_linear_layers_of_a_real_modernbert():
+    """The count's body is exactly the weights of the model's Linear layers but the decoder,
+    its decoder term the decoder's weights, its attention term 12 d per (query, key) pair."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    from dllm_lesson.modernbert import layer_is_global, training_flops
+
+    cfg = ModernBertConfig(vocab_size=300, hidden_size=48, intermediate_size=80,
+                           num_hidden_layers=5, num_attention_heads=4,
+                           global_attn_every_n_layers=2, local_attention=16,
+                           max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    model = ModernBertForMaskedLM(cfg)
+    decoder = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and m is not decoder)
+    seq = 40
+    spans = sum(seq if g else 16 for g in layer_is_global(cfg))     # 3 global, 2 local
+    assert spans == 3 * 40 + 2 * 16
+    assert training_flops(cfg, tokens=1, scored=0, seq_len=seq) == 6 * linear + 12 * 48 * spans
+    assert training_flops(cfg, tokens=0, scored=1, seq_len=seq) == 6 * decoder.weight.numel()
+    # the textbook count is the special case: every position scored, every layer global
+    dense = ModernBertConfig(**{**cfg.to_dict(), "layer_types": ["full_attention"] * 5})
+    n = linear + decoder.weight.numel()
+    assert training_flops(dense, seq, seq, seq) == (6 * n + 12 * 5 * 48 * seq) * seq
 
 
-def test_mfu_wrong_answers_fail():
-    fails("mfu", lambda tok, n, nl, d, s, peak: 6 * n * tok / peak)          # no attention
-    fails("mfu", lambda tok, n, nl, d, s, peak: 2 * n * tok / peak)          # forward only
-    fails("mfu", lambda tok, n, nl, d, s, peak: (6 * n + 12 * nl * d * s) * tok / peak
-          * 100)                                                            # percent
+def test_train_flops_independent_solution_passes():
+    def mine(config, tokens, scored, seq_len):
+        d, inner, v = config.hidden_size, config.intermediate_size, config.vocab_size
+        total = 0
+        for layer in range(config.num_hidden_layers):
+            is_global = layer % config.global_attn_every_n_layers == 0
+            keys = seq_len if is_global else min(seq_len, config.local_attention)
+            total += 6 * tokens * (3 * d * d + d * d + d * 2 * inner + inner * d)
+            total += 12 * d * keys * tokens
+        return total + 6 * tokens * d * d + 6 * scored * d * v
+
+    run("train_flops", mine)
+
+
+def test_train_flops_wrong_answers_fail():
+    def textbook(c, tokens, scored, seq):            # 6N + 12 L d T, decoder on every token
+        n = c.num_hidden_layers * (4 * c.hidden_size ** 2 + 3 * c.hidden_size
+                                   * c.intermediate_size) + c.hidden_size * (c.hidden_size
+                                                                             + c.vocab_size)
+        return (6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq) * tokens
+
+    def ungated(c, tokens, scored, seq):             # the feed-forward as d x I, not d x 2I
+        ref = part2.train_flops_reference(c, tokens, scored, seq)
+        return ref - 6 * tokens * c.num_hidden_layers * c.hidden_size * c.intermediate_size
+
+    fails("train_flops", textbook)
+    fails("train_flops", ungated)
+    fails("train_flops", lambda c, t, s, q: part2.train_flops_reference(c, t, s, q) / 3)
+    fails("train_flops", lambda c, t, s, q: part2.train_flops_reference(c, t, t, q))
 
 
 # -- 05: dependent tokens ------------------------------------------------------------------

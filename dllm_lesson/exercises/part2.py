@@ -543,33 +543,51 @@ def _check_step_budget(candidate, reference):
                         f"world_size={w}, seq_len={s}", got, expected)
 
 
-def mfu_reference(tokens_per_s: float, n_params: int, n_layers: int, d_model: int,
-                  seq_len: int, peak_flops: float) -> float:
-    """Model FLOPs utilisation: the fraction of the GPU's peak the training step uses.
-
-    ``flops_per_token = 6 N + 12 n_layers d_model seq_len`` (6N: the dense matmuls,
-    forward 2N and backward 4N; the second term: attention scores and their use), and
-    ``MFU = flops_per_token * tokens_per_s / peak_flops``.
+def train_flops_reference(config, tokens: int, scored: int, seq_len: int) -> float:
+    """FLOPs of one training step of a ModernBERT masked LM, counted matrix by matrix:
+    :func:`dllm_lesson.modernbert.training_flops` (its docstring has the count).
 
     Taught in ``12_scaling_up``.
     """
-    flops_per_token = 6 * n_params + 12 * n_layers * d_model * seq_len
-    return flops_per_token * tokens_per_s / peak_flops
+    from ..modernbert import training_flops
+
+    return training_flops(config, tokens, scored, seq_len)
 
 
-@exercise("mfu", "12_scaling_up", mfu_reference)
-def _check_mfu(candidate, reference):
+def _flops_configs(rng: random.Random) -> list:
+    from types import SimpleNamespace
+
+    large = SimpleNamespace(hidden_size=1024, intermediate_size=2624, num_hidden_layers=28,
+                            vocab_size=50368, global_attn_every_n_layers=3,
+                            local_attention=128)
+    tiny = SimpleNamespace(hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+                           vocab_size=2788, global_attn_every_n_layers=3, local_attention=64)
+    configs = [large, tiny]
+    for _ in range(40):
+        configs.append(SimpleNamespace(
+            hidden_size=rng.choice([64, 256, 768, 1024, 2048]),
+            intermediate_size=rng.choice([128, 1152, 2624, 5248]),
+            num_hidden_layers=rng.randint(1, 40), vocab_size=rng.randint(1000, 260_000),
+            global_attn_every_n_layers=rng.randint(1, 5),
+            local_attention=rng.choice([32, 64, 128, 256])))
+    return configs
+
+
+@exercise("train_flops", "12_scaling_up", train_flops_reference)
+def _check_train_flops(candidate, reference):
     rng = random.Random(7)
-    cases = [(54_494, 395_881_664, 28, 1024, 512, 989e12),
-             (40_558, 395_881_664, 28, 1024, 512, 989e12)]
-    cases += [(rng.uniform(1e3, 1e6), rng.randint(10**6, 10**10), rng.randint(2, 80),
-               rng.choice([256, 512, 1024, 4096]), rng.choice([128, 512, 2048, 8192]),
-               rng.choice([312e12, 989e12, 1979e12])) for _ in range(200)]
-    for case in cases:
-        expected = reference(*case)
-        got = float(candidate(*case))
-        if not math.isclose(got, expected, rel_tol=1e-6):
-            tok, n, nl, d, s, peak = case
-            raise _fail("mfu", f"tokens_per_s={tok:.1f}, n_params={n}, n_layers={nl}, "
-                        f"d_model={d}, seq_len={s}, peak_flops={peak:.3g}",
-                        f"{got:.6f}", f"{expected:.6f}")
+    cases = [(c, tokens, scored, seq)
+             for c in _flops_configs(rng)
+             for seq in (rng.choice([16, 100, 512, 4096]),)
+             for tokens in (seq * rng.randint(1, 64),)
+             for scored in (0, rng.randint(1, tokens), tokens)]
+    for config, tokens, scored, seq in cases:
+        expected = reference(config, tokens, scored, seq)
+        got = float(candidate(config, tokens, scored, seq))
+        if not math.isclose(got, expected, rel_tol=1e-9):
+            inputs = (f"hidden_size={config.hidden_size}, intermediate_size="
+                      f"{config.intermediate_size}, layers={config.num_hidden_layers}, "
+                      f"vocab={config.vocab_size}, global every "
+                      f"{config.global_attn_every_n_layers}, window {config.local_attention}, "
+                      f"tokens={tokens}, scored={scored}, seq_len={seq}")
+            raise _fail("train_flops", inputs, f"{got:.6g}", f"{expected:.6g}")
