@@ -18,8 +18,9 @@ The recipe, with fixed seeds, through the one training core (:func:`training.tra
 5. ``tiny-duo-dcd``: tiny-duo after discrete consistency distillation (few-step Duo): a
    frozen teacher refreshed from the student every round, the step gap doubling.
 
-Every stage trains on corpus v2 (``CORPUS_VERSION``); a stage's record (``build_run.json``)
-holds the corpus fingerprint, and ``--reuse`` refuses a stage trained on another corpus.
+Every stage trains on corpus v2 (``CORPUS_VERSION``; ``--corpus-version 3`` builds on v3);
+a stage's record (``build_run.json``) holds the corpus fingerprint, and ``--reuse`` refuses
+a stage trained on another corpus.
 Every stage uses the course's chat template (``chat_template="course"``), which puts the
 answer after ``"Assistant:"`` and a space, so that an answer's first word is the same token
 as in the question (``" Afghanistan"``). Until November 2026 it put the answer on a new line:
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 
 from .cards import machine, model_card
-from .data import CORPUS_VERSION  # the generated corpus every stage trains on
+from .data import CORPUS_VERSION, VERSIONS  # the generated corpus every stage trains on
 from .training import TINY_MODEL, TrainConfig, init_model, latest_checkpoint, train
 
 MODEL_FILES = ("config.json", "model.safetensors")   # shipped beside the tokenizer's files
@@ -54,14 +55,16 @@ NEEDS = {"tiny-bert": set(), "tiny-dllm": {"tiny-bert"}, "tiny-ar": set(),
          "tiny-duo": {"tiny-dllm"}, "tiny-duo-dcd": {"tiny-duo"}}
 
 
-def recipe(work: Path, scale: float = 1.0) -> dict[str, list[TrainConfig]]:
-    """The stages of each shipped model. ``scale`` shrinks step counts (tests use it)."""
+def recipe(work: Path, scale: float = 1.0,
+           corpus_version: int = CORPUS_VERSION) -> dict[str, list[TrainConfig]]:
+    """The stages of each shipped model. ``scale`` shrinks step counts (tests use it);
+    ``corpus_version`` is the generated corpus every stage trains on."""
     def n(steps):
         return max(2, int(steps * scale))
 
     common = dict(seed=0, log_every=max(1, n(50) // 5), save_every=n(250),
                   mixed_precision="no",  # fp32: tiny models gain nothing from bf16
-                  chat_template="course", corpus_version=CORPUS_VERSION)
+                  chat_template="course", corpus_version=corpus_version)
     bert = TrainConfig(objective="mlm", model="scratch", model_config=MODEL_CONFIG,
                        data="text", seq_len=128, batch_size=64, lr=2e-3,
                        warmup_steps=n(100), max_steps=n(2500),
@@ -205,20 +208,21 @@ def measure(name: str, model, tokenizer, limit: int | None,
 
 def build_models(names=MODELS, work_dir="runs/build",
                  dest=None, scale: float = 1.0, eval_limit: int | None = 400,
-                 reuse: bool = False) -> dict:
+                 reuse: bool = False, corpus_version: int = CORPUS_VERSION) -> dict:
     """Train the shipped models from scratch and copy them (with model cards) to ``dest``
     (default: the package's checkpoints folder).
 
     With ``reuse``, the last stage whose finished output is already in ``work_dir`` is
     loaded instead of retrained (the stages before it are skipped), a stage an earlier
     build left unfinished resumes from its last checkpoint, and a stage trained on another
-    corpus than the recipe's is refused (:class:`StaleStage`)."""
+    corpus than the recipe's is refused (:class:`StaleStage`). ``corpus_version``: the
+    generated corpus of every stage (default the shipped models'; the cards say which)."""
     from . import loading as shipped
     from .loading import is_causal
 
     work = Path(work_dir)
     dest = Path(dest) if dest is not None else Path(shipped.CHECKPOINT_ROOT)
-    plan = recipe(work, scale)
+    plan = recipe(work, scale, corpus_version)
     unknown = [n for n in names if n not in plan]
     if unknown:
         raise ValueError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
@@ -299,6 +303,9 @@ def main_build(argv=None):
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every step count (e.g. 0.01 for a smoke test)")
     p.add_argument("--eval-limit", type=int, default=400)
+    p.add_argument("--corpus-version", type=int, default=CORPUS_VERSION, choices=VERSIONS,
+                   help=f"the generated corpus every stage trains on (default "
+                        f"{CORPUS_VERSION}, the shipped models')")
     p.add_argument("--reuse", action="store_true", help="load stages already finished in "
                    "--work-dir instead of retraining them, and resume an interrupted one "
                    "(refused for a stage trained on another corpus)")
@@ -306,7 +313,7 @@ def main_build(argv=None):
     t = time.time()
     try:
         build_models(args.models, args.work_dir, args.dest, args.scale, args.eval_limit,
-                     args.reuse)
+                     args.reuse, args.corpus_version)
     except StaleStage as e:
         p.error(str(e))
     print(f"built {', '.join(args.models)} in {time.time() - t:.0f} s")

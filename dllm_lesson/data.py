@@ -18,6 +18,15 @@ holds out whole cores), open-ended tasks with many right answers scored for cons
 (``open_ended``), and a reversal split: facts stated one way only in pretraining, never
 asked in SFT, asked both ways (``reversal_forward``, ``reversal_backward``).
 
+Corpus v3 (``version=3``; no shipped model is trained on it yet) keeps every chat split
+of v2 (the same held-out entities, phrasings and reversal questions for the same seed) and
+changes what v2 got wrong: pretraining states each fact in many wordings, drawn afresh
+for every document ("The seat of government of Kenya is in Nairobi.", "Swahili is the
+dominant language of Kenya.": the words a reader's question may use appear in plain text,
+as they would for a real language model, while the held-out question cores stay out of
+SFT), and the open-ended ``pair_sound`` answers come from animals whose sound is not
+held out (v2 gave away held-out ``sound`` answers; ``NOT_HELD_OUT``).
+
 The chat files use the ``messages`` format of hub SFT sets (Tulu and friends), so
 :func:`load_chat_dataset` sends hub data and offline data down one code path.
 """
@@ -34,9 +43,9 @@ from pathlib import Path
 from . import phrasing
 from .facts import ANIMALS, COLOURS, COUNTRIES, NUMBER_WORDS
 
-#: the corpus the shipped models were trained on (v2 is built with ``version=2``)
+#: the corpus the shipped models were trained on (``build_corpus(version=...)`` builds any)
 CORPUS_VERSION = 2
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 DEFAULT_SEED = 0
 
 # -- question templates ---------------------------------------------------------------
@@ -250,14 +259,15 @@ def build_corpus(seed: int = DEFAULT_SEED, n_describe_many: int = 400,
                  n_count: int = 300, version: int = CORPUS_VERSION) -> Corpus:
     """Generate the whole corpus, deterministically from ``seed``.
 
-    ``version=1`` is the corpus of the shipped models; ``version=2`` adds questions in many
-    words, open-ended tasks and the reversal split (see the module docstring).
+    ``version=1``: the first corpus; ``version=2`` (the shipped models') adds questions
+    in many words, open-ended tasks and the reversal split; ``version=3`` the same chat
+    splits with pretraining in many wordings (see the module docstring).
     Taught in ``00_welcome``.
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown corpus version {version!r}; choose one of {VERSIONS}")
-    if version == 2:
-        return _build_v2(seed, n_describe_many, n_count)
+    if version >= 2:
+        return _build_v2(seed, n_describe_many, n_count, version)
     rng = random.Random(seed)
     corpus = Corpus(seed=seed)
 
@@ -395,12 +405,19 @@ _MIN_COUNTRIES_PER_LANGUAGE = 3
 
 
 def _open_answer(task: str, rng: random.Random, entity: str, pool: list[tuple]) -> str:
-    """One right answer to an open-ended question, drawn from ``pool``'s facts."""
+    """One right answer to an open-ended question, drawn from ``pool``'s facts.
+
+    ``pair_sound`` draws from every animal (v2's empty pool); v3's pool leaves out the
+    held-out ones, and a drawn animal outside it is swapped for one inside, so that the
+    random draws after it (the long answers) stay those of v2."""
     if task == "pair_capital":
         country, capital, *_ = rng.choice([c for c in pool if c[2] == entity])
         return f"The capital of {country} is {capital}."
     if task == "pair_sound":
-        animal, _legs_n, sound, _cls = rng.choice(ANIMALS)
+        drawn = rng.choice(ANIMALS)
+        if pool and drawn not in pool:
+            drawn = pool[ANIMALS.index(drawn) % len(pool)]
+        animal, _legs_n, sound, _cls = drawn
         return f"A {animal} {sound}."
     first, second = rng.sample([c[0] for c in pool if c[3] == entity], 2)
     return f"{first} and {second}."
@@ -442,9 +459,10 @@ def _v2_open_params(pools: dict[str, list[tuple]]) -> dict[str, list[str]]:
                                     if n >= _MIN_COUNTRIES_PER_LANGUAGE)}
 
 
-def _build_v2(seed: int, n_describe_many: int, n_count: int) -> Corpus:
+def _build_v2(seed: int, n_describe_many: int, n_count: int, version: int = 2) -> Corpus:
+    """Corpus v2, or v3 (``version=3``): the same draws up to the open-ended answers."""
     rng = random.Random(seed)
-    corpus = Corpus(seed=seed, version=2)
+    corpus = Corpus(seed=seed, version=version)
     tasks = _task_entities()
     by_name = {c[0]: c for c in COUNTRIES}
 
@@ -517,7 +535,8 @@ def _build_v2(seed: int, n_describe_many: int, n_count: int) -> Corpus:
     capital_out = (heldout["capital"] | heldout["continent"] | set(reversal)
                    | {c for c, cap, *_ in COUNTRIES if cap in heldout["country_of_capital"]})
     pools = {"pair_capital": [c for c in COUNTRIES if c[0] not in capital_out],
-             "pair_sound": [],
+             "pair_sound": ([] if version == 2 else
+                            [a for a in ANIMALS if a[0] not in heldout["sound"]]),
              "two_countries": [c for c in COUNTRIES if c[0] not in heldout["language"]]}
     for task, params in _v2_open_params(pools).items():
         cores = phrasing.OPEN_CORES[task]
@@ -540,10 +559,118 @@ def _build_v2(seed: int, n_describe_many: int, n_count: int) -> Corpus:
     _long_answers(rng, corpus, country_facts_out, heldout["describe"], n_describe_many,
                   n_count)
 
+    if version >= 3:
+        corpus.pretrain = _pretrain_documents_v3(rng, set(reversal))
+        return corpus
     facts = [f for f in _pretrain_sentences(rng)
              if not any(f.startswith(f"{cap} is the capital") for cap in reversal_capitals)]
     corpus.pretrain = _pretrain_documents(rng, facts)
     return corpus
+
+
+# -- corpus v3: pretraining in many wordings ------------------------------------------------
+#: how each kind of fact may be stated in v3's plain text. Capital statements are split by
+#: the order they name things in: a reversal country's capital is only ever stated
+#: country first (``"forward"``), so that "Y is the capital of which country?" still asks
+#: for a direction pretraining never shows.
+FACT_WORDINGS: dict[str, list[str]] = {
+    "capital_forward": [
+        "The capital of {country} is {capital}.",
+        "{country}'s capital is {capital}.",
+        "The capital city of {country} is {capital}.",
+        "The seat of government of {country} is in {capital}.",
+        "{country} has its capital in {capital}.",
+        "{country} is governed from its capital, {capital}.",
+    ],
+    "capital_backward": [
+        "{capital} is the capital of {country}.",
+        "{capital} is the capital city of {country}.",
+        "The city of {capital} is the capital of {country}.",
+        "{capital} serves as the capital of {country}.",
+        "{capital} is where the government of {country} sits.",
+    ],
+    "continent": [
+        "{country} is a country in {continent}.",
+        "{country} is in {continent}.",
+        "{country} is located in {continent}.",
+        "{country} lies in {continent}.",
+        "{country} is part of {continent}.",
+        "{country} belongs to the continent of {continent}.",
+        "You can find {country} in {continent}.",
+    ],
+    "language": [
+        "The main language of {country} is {language}.",
+        "People in {country} mostly speak {language}.",
+        "In {country}, most people speak {language}.",
+        "The most common language in {country} is {language}.",
+        "{language} is the dominant language of {country}.",
+        "{language} is widely spoken in {country}.",
+        "A traveller in {country} hears {language} most of all.",
+    ],
+    "legs": [
+        "A {animal} has {legs}.",
+        "The {animal} has {legs}.",
+        "A {animal} walks on {legs}.",
+        "Count the legs of a {animal} and you get {number}.",
+    ],
+    "sound": [
+        "A {animal} {sound}.",
+        "A {animal} is an animal that {sound}.",
+        "Listen to a {animal}: it {sound}.",
+        "The {animal} {sound}.",
+    ],
+    "class": ["The {animal} is a {cls}.", "A {animal} is a kind of {cls}."],
+    "colour": [
+        "{Thing} is {colour}.",
+        "The colour of {thing} is {colour}.",
+        "The color of {thing} is {colour}.",
+        "{Thing} looks {colour}.",
+    ],
+}
+#: v3: rounds over all facts (each round states every fact in 2 wordings drawn afresh)
+V3_ROUNDS = 6
+
+
+def _v3_facts(reversal: set[str]) -> list[tuple[list[str], dict]]:
+    """Each fact as (the wordings it may take, the template fields)."""
+    facts = []
+    for country, capital, continent, language in COUNTRIES:
+        fields = dict(country=country, capital=capital, continent=continent,
+                      language=language)
+        capital_wordings = FACT_WORDINGS["capital_forward"] + (
+            [] if country in reversal else FACT_WORDINGS["capital_backward"])
+        facts += [(capital_wordings, fields), (FACT_WORDINGS["continent"], fields),
+                  (FACT_WORDINGS["language"], fields)]
+    for animal, legs, sound, cls in ANIMALS:
+        fields = dict(animal=animal, legs=_legs(legs), number=NUMBER_WORDS[legs],
+                      sound=sound, cls=cls)
+        facts += [(FACT_WORDINGS[k], fields) for k in ("legs", "sound", "class")]
+    for thing, colour in COLOURS:
+        facts.append((FACT_WORDINGS["colour"],
+                      dict(thing=thing, Thing=thing[0].upper() + thing[1:], colour=colour)))
+    return facts
+
+
+def _pretrain_documents_v3(rng: random.Random, reversal: set[str]) -> list[str]:
+    """``V3_ROUNDS`` rounds over every fact, each stated in two wordings drawn afresh,
+    shuffled into documents of 2-6 sentences; the countries' fixed-form descriptions (the
+    ``describe`` answers) and counting runs as in v2."""
+    facts = _v3_facts(reversal)
+    docs = []
+    for _ in range(V3_ROUNDS):
+        sentences = [w.format(**fields) for wordings, fields in facts
+                     for w in rng.sample(wordings, 2)]
+        sentences += [describe_country(*c) for c in COUNTRIES]
+        rng.shuffle(sentences)
+        while sentences:
+            k = rng.randint(2, 6)
+            docs.append(" ".join(sentences[:k]))
+            sentences = sentences[k:]
+    for _ in range(400):
+        a = rng.randint(1, 250)
+        docs.append(count_answer(a, a + rng.randint(3, 30)))
+    rng.shuffle(docs)
+    return docs
 
 
 # -- files and datasets -------------------------------------------------------------------

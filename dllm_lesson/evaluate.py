@@ -53,6 +53,7 @@ DEFAULT_ANSWER_LENGTH = 32
 EVAL_SPLITS = {1: ("heldout_entities", "heldout_phrasings"),
                2: ("heldout_entities", "heldout_phrasings", "open_ended", "reversal_forward",
                    "reversal_backward")}
+EVAL_SPLITS[3] = EVAL_SPLITS[2]  # v3: v2's chat splits, another pretraining text
 #: splits scored for consistency (many right answers, :func:`dllm_lesson.data.consistent`)
 OPEN_ENDED_SPLITS = ("open_ended",)
 

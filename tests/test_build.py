@@ -133,3 +133,18 @@ def test_update_card_merges_rows_and_lists_commands(tmp_path):
     assert text.count("- `build`") == 1 and text.count("- `eval --x`") == 1
     assert text.index("- `build`") < text.index("- `eval --x`") < text.index('"c"')
     assert json.loads(text.split("```")[1]) == merged
+
+
+def test_build_on_another_corpus_version_refuses_the_old_stages(tmp_path):
+    """``--corpus-version 3`` trains every stage on v3, and --reuse will not pick up a
+    stage built on v2."""
+    torch.set_num_threads(1)
+    assert {c.corpus_version for stages in build.recipe(tmp_path, 0.002, 3).values()
+            for c in stages} == {3}
+    work, dest = tmp_path / "work", tmp_path / "dest"
+    build.build_models(("tiny-bert",), work_dir=work, dest=dest, scale=0.002, eval_limit=2)
+    with pytest.raises(build.StaleStage, match=r"stage tiny-bert .* now trains on corpus v3"):
+        build.build_models(("tiny-bert",), work_dir=work, dest=dest, scale=0.002,
+                           eval_limit=2, reuse=True, corpus_version=3)
+    with pytest.raises(SystemExit):
+        build.main_build(["--models", "tiny-bert", "--corpus-version", "4"])

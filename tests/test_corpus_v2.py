@@ -38,8 +38,8 @@ def test_deterministic_and_seeded(v2):
 
 
 def test_unknown_version_is_one_clear_error():
-    with pytest.raises(ValueError, match="unknown corpus version 3; choose one of"):
-        build_corpus(0, version=3)
+    with pytest.raises(ValueError, match=r"unknown corpus version 4; choose one of \(1, 2, 3\)"):
+        build_corpus(0, version=4)
 
 
 @pytest.mark.parametrize("task", COUNTRY_TASKS)
@@ -167,3 +167,58 @@ def test_heldout_answers_not_stated_in_sft_but_the_known_leak(v2):
     assert not_leaked(SHORT_TASKS, version=2) == tuple(t for t in SHORT_TASKS if t != "sound")
     assert not_leaked(SHORT_TASKS, version=1) == SHORT_TASKS
     assert not_leaked(("sound",), "heldout_phrasings", version=2) == ("sound",)
+
+
+# -- corpus v3: v2's chat splits, pretraining in many wordings, no pair_sound leak ---------
+@pytest.fixture(scope="module")
+def v3():
+    return build_corpus(0, version=3)
+
+
+def test_v3_keeps_v2_chat_splits_but_the_pair_sound_answers(v2, v3):
+    assert build_corpus(0, version=3).fingerprint() == v3.fingerprint() != v2.fingerprint()
+    for name, rows in v2.splits().items():
+        other = v3.splits()[name]
+        assert len(rows) == len(other)
+        changed = {(a.task, a.prompt) for a, b in zip(rows, other) if a.to_row() != b.to_row()}
+        assert {task for task, _ in changed} <= {"pair_sound"}, name
+        assert [a.prompt for a in rows] == [b.prompt for b in other], name
+    assert v3.pretrain != v2.pretrain
+
+
+def test_v3_sft_states_no_heldout_answer(v3):
+    """The v2 leak is gone: no SFT answer states a held-out entity's answer."""
+    from dllm_lesson.data import NOT_HELD_OUT
+    from dllm_lesson.evaluate import held_out_examples
+
+    everything = "\n||\n".join(ex.answer for ex in v3.sft)
+    assert not [ex for ex in v3.heldout_entities
+                if ex.task not in ("count", "describe_many") and ex.answer in everything]
+    assert 3 not in NOT_HELD_OUT
+    assert "sound" in {ex.task for ex in held_out_examples("heldout_entities", version=3)}
+    sounds = [ex for ex in v3.open_ended if ex.task == "pair_sound"]
+    assert sounds and all(consistent(ex.task, ex.entity, ex.answer) for ex in sounds)
+
+
+def test_v3_states_facts_in_many_wordings_and_reversal_facts_one_way(v3):
+    from dllm_lesson.data import FACT_WORDINGS, V3_ROUNDS
+
+    text = "\n".join(v3.pretrain)
+    reversal = {e.entity for e in v3.reversal_forward}
+    for country, capital, continent, language in COUNTRIES:
+        fields = dict(country=country, capital=capital, continent=continent,
+                      language=language)
+        forward = [w.format(**fields) for w in FACT_WORDINGS["capital_forward"]]
+        backward = [w.format(**fields) for w in FACT_WORDINGS["capital_backward"]]
+        said = sum(text.count(sentence) for sentence in forward + backward)
+        assert said >= 2 * V3_ROUNDS, country       # two wordings in every round
+        if country in reversal:
+            assert not any(sentence in text for sentence in backward), country
+        assert len({w for w in forward + backward if w in text}) >= 4, country
+    # words a reader's question may use appear in plain text, the held-out cores do not
+    assert "seat of government" in text and "dominant language" in text
+    for task, cores in phrasing.CORES.items():
+        for core in phrasing.heldout_cores(task):
+            head = core.split("{")[0].strip()
+            if len(head) > 12:
+                assert head not in text, core

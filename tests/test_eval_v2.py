@@ -53,8 +53,8 @@ def test_unknown_split_or_task_names_the_known_ones():
                                          r"choose from \['pair_capital', 'pair_sound', "
                                          r"'two_countries'\]"):
         evaluate.held_out_examples("open_ended", tasks=("pair_capitals",), version=2)
-    with pytest.raises(ValueError, match="unknown corpus version 3"):
-        evaluate.held_out_examples("open_ended", version=3)
+    with pytest.raises(ValueError, match="unknown corpus version 4"):
+        evaluate.held_out_examples("open_ended", version=4)
     # eval_table checks splits and tasks before any model loads (this one does not exist)
     with pytest.raises(ValueError, match="unknown task 'capitals' in open_ended, "
                                          "reversal_forward.*'capital'.*'pair_sound'"):
@@ -75,7 +75,7 @@ def test_unknown_split_or_task_names_the_known_ones():
      "'reversal_forward' needs corpus v2"),
     (["--corpus-version", "2", "--task", "colours"], "unknown task 'colours'"),
     (["--corpus-version", "2", "--tokens-per-pass", "1", "none"], "positive integers or 'all'"),
-    (["--corpus-version", "3"], "invalid choice: 3"),
+    (["--corpus-version", "4"], "invalid choice: 4"),
 ])
 def test_eval_cli_refuses_bad_splits_and_tasks(argv, says, capsys):
     with pytest.raises(SystemExit) as e:
