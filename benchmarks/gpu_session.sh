@@ -8,6 +8,8 @@
 # (a shipped folder each, under the tool's 16 MiB per file), session.log, results.json.
 #
 #   bash benchmarks/gpu_session.sh              # on the GPU machine, OUT set by the tool
+#   BUILD_ARGS="--scale 4 --corpus-version 3" bash benchmarks/gpu_session.sh
+#                                               # longer stages, another corpus (build-models options)
 #   SMOKE=1 OUT=/tmp/out bash benchmarks/gpu_session.sh   # CPU, toy scale: checks the script
 #
 # The GPU image has no `datasets`: carry its wheels in `.whl` (git-ignored; then `carry`
@@ -39,7 +41,9 @@ fi
 {
   echo "== $(date -u +%FT%TZ) $(hostname) $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
   start=$(date +%s)
-  $PY -m dllm_lesson build-models --work-dir "$work" --dest "$work/shipped" "${scale[@]}"
+  # shellcheck disable=SC2086  # BUILD_ARGS is a list of options, split on purpose
+  $PY -m dllm_lesson build-models --work-dir "$work" --dest "$work/shipped" "${scale[@]}" \
+      ${BUILD_ARGS:-}
   echo "== build-models: $(( $(date +%s) - start )) s"
   for d in "$work"/shipped/*/; do
     name=$(basename "$d")
