@@ -20,12 +20,14 @@ asked in SFT, asked both ways (``reversal_forward``, ``reversal_backward``).
 
 Corpus v3 (``version=3``; no shipped model is trained on it yet) keeps every chat split
 of v2 (the same held-out entities, phrasings and reversal questions for the same seed) and
-changes what v2 got wrong: pretraining states each fact in many wordings, drawn afresh
-for every document ("The seat of government of Kenya is in Nairobi.", "Swahili is the
-dominant language of Kenya.": the words a reader's question may use appear in plain text,
-as they would for a real language model, while the held-out question cores stay out of
-SFT), and the open-ended ``pair_sound`` answers come from animals whose sound is not
-held out (v2 gave away held-out ``sound`` answers; ``NOT_HELD_OUT``).
+changes two things. The open-ended ``pair_sound`` answers come from animals whose sound is
+not held out (v2 gave away held-out ``sound`` answers; ``NOT_HELD_OUT``). Pretraining
+states each fact in many wordings, drawn afresh for every round ("The seat of government
+of Kenya is in Nairobi.", "Swahili is the dominant language of Kenya."): the words a
+reader's question may use appear in plain text, as they would for a real language model,
+while the held-out question cores stay out of SFT. Whether that helps the held-out
+phrasings is for a from-scratch build to show (a short continuation of tiny-dllm on it
+found no difference).
 
 The chat files use the ``messages`` format of hub SFT sets (Tulu and friends), so
 :func:`load_chat_dataset` sends hub data and offline data down one code path.
@@ -390,7 +392,7 @@ def _pretrain_documents(rng: random.Random, facts: list[str]) -> list[str]:
 #: answers from every animal, the held-out ones too: SFT shows "A horse neighs.", the
 #: answer to a held-out ``sound`` question. Found after the v2 models were built; changing
 #: the generator would change the corpus they were trained on, so ``eval`` leaves these
-#: tasks out of its default questions instead (a later corpus version should fix the draw).
+#: tasks out of its default questions instead (corpus v3 fixes the draw).
 NOT_HELD_OUT = {2: {"heldout_entities": ("sound",)}}
 #: countries whose capital fact pretraining states in one direction only ("The capital of X
 #: is Y.", never "Y is the capital of X."), never asked about their capital in SFT

@@ -176,7 +176,8 @@ def v3():
 
 
 def test_v3_keeps_v2_chat_splits_but_the_pair_sound_answers(v2, v3):
-    assert build_corpus(0, version=3).fingerprint() == v3.fingerprint() != v2.fingerprint()
+    # pinned like v1's and v2's: a v3 build's stage records name this corpus
+    assert build_corpus(0, version=3).fingerprint() == v3.fingerprint() == "168837233427e3e7"
     for name, rows in v2.splits().items():
         other = v3.splits()[name]
         assert len(rows) == len(other)
