@@ -368,12 +368,14 @@ def _counting(rng: random.Random, n_count: int, sft: list[Example],
                              f"{a}-{b}", ti))
 
 
-def _pretrain_documents(rng: random.Random, facts: list[str]) -> list[str]:
+def _pretrain_documents(rng: random.Random, facts: list[str], rounds: int = 6,
+                        round_sentences=None) -> list[str]:
     """Shuffled facts grouped into short documents (each fact in several documents, in
-    varying company), plus counting runs."""
+    varying company), plus counting runs. Each of the ``rounds`` states every sentence of
+    ``facts`` once, or those ``round_sentences()`` returns (v3: wordings drawn afresh)."""
     docs = []
-    for _ in range(6):
-        order = facts[:]
+    for _ in range(rounds):
+        order = facts[:] if round_sentences is None else round_sentences()
         rng.shuffle(order)
         while order:
             k = rng.randint(2, 6)
@@ -658,21 +660,13 @@ def _pretrain_documents_v3(rng: random.Random, reversal: set[str]) -> list[str]:
     shuffled into documents of 2-6 sentences; the countries' fixed-form descriptions (the
     ``describe`` answers) and counting runs as in v2."""
     facts = _v3_facts(reversal)
-    docs = []
-    for _ in range(V3_ROUNDS):
-        sentences = [w.format(**fields) for wordings, fields in facts
-                     for w in rng.sample(wordings, 2)]
-        sentences += [describe_country(*c) for c in COUNTRIES]
-        rng.shuffle(sentences)
-        while sentences:
-            k = rng.randint(2, 6)
-            docs.append(" ".join(sentences[:k]))
-            sentences = sentences[k:]
-    for _ in range(400):
-        a = rng.randint(1, 250)
-        docs.append(count_answer(a, a + rng.randint(3, 30)))
-    rng.shuffle(docs)
-    return docs
+
+    def one_round() -> list[str]:
+        return ([w.format(**fields) for wordings, fields in facts
+                 for w in rng.sample(wordings, 2)]
+                + [describe_country(*c) for c in COUNTRIES])
+
+    return _pretrain_documents(rng, [], V3_ROUNDS, one_round)
 
 
 # -- files and datasets -------------------------------------------------------------------
